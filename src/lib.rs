@@ -1,0 +1,13 @@
+//! Key Management secrets engine for HashiCorp Vault and OpenBao.
+//!
+//! The crate has three layers, each unaware of the one above it:
+//! - [`runtime`]: the go-plugin protocol v5 server (handshake, AutoMTLS,
+//!   broker, storage and system view clients, logging);
+//! - [`framework`]: declarative paths and typed fields, in the manner of
+//!   Vault's `framework.Path`, turning protocol requests into handler calls;
+//! - [`engine`]: the keymgmt backend itself (keys, KMS providers,
+//!   distribution).
+
+pub mod engine;
+pub mod framework;
+pub mod runtime;
