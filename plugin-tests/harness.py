@@ -1,0 +1,346 @@
+"""Run a real OpenBao dev server with the keymgmt plugin, the way a user would.
+
+Everything here talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+PLUGIN_NAME = "vault-plugin-secrets-keymgmt"
+PLUGIN_BINARY = ROOT / "target" / "release" / PLUGIN_NAME
+MOUNT = "keymgmt"
+ROOT_TOKEN = "root"
+# go-plugin magic cookie for Vault/OpenBao backend plugins.
+MAGIC_COOKIE = "6669da05-b1c8-4f49-97d9-c8e5bed98e20"
+HANDSHAKE_RE = re.compile(r"^1\|5\|unix\|(/[^|]+)\|grpc\|[A-Za-z0-9+/]+$")
+
+T = TypeVar("T")
+
+
+def free_port(span: int = 1) -> int:
+    """A port on 127.0.0.1 such that port .. port+span-1 are all free right now."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + span > 65536:
+            continue
+        if all(_port_free(p) for p in range(port + 1, port + span)):
+            return port
+    raise RuntimeError(f"no run of {span} free ports found on 127.0.0.1")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.1) -> T:
+    """Poll until predicate() is truthy; return its last value (falsy on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def plugin_version() -> str:
+    with open(ROOT / "Cargo.toml", "rb") as f:
+        return "v" + tomllib.load(f)["package"]["version"]
+
+
+def require_plugin_binary() -> Path:
+    # A missing binary is a broken build, never a reason to skip.
+    if not PLUGIN_BINARY.is_file():
+        raise FileNotFoundError(f"{PLUGIN_BINARY} is missing; run `cargo build --release`")
+    return PLUGIN_BINARY
+
+
+class BaoServer:
+    """`bao server -dev` on 127.0.0.1 with a plugin directory under `tmp`."""
+
+    running: set[BaoServer] = set()
+
+    def __init__(self, tmp: Path, port: int | None = None) -> None:
+        self.tmp = Path(tmp).resolve()
+        # The host refuses a plugin_directory that is a symlink.
+        self.plugin_dir = self.tmp / "plugins"
+        self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.tmp / "server.log"
+        # The dev server also binds a cluster listener on port+1.
+        self.port = port if port is not None else free_port(span=2)
+        self.addr = f"http://127.0.0.1:{self.port}"
+        self.token = ROOT_TOKEN
+        self.env = {
+            **os.environ,
+            "VAULT_ADDR": self.addr,
+            "VAULT_TOKEN": self.token,
+            "BAO_ADDR": self.addr,
+            "BAO_TOKEN": self.token,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        config = self.tmp / "extra.hcl"
+        config.write_text(f'plugin_directory = "{self.plugin_dir}"\nlog_level = "debug"\n')
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(VENV_BIN / "bao"),
+                    "server",
+                    "-dev",
+                    "-dev-root-token-id=" + self.token,
+                    f"-dev-listen-address=127.0.0.1:{self.port}",
+                    # Keep the dev token out of ~/.vault-token.
+                    "-dev-no-store-token",
+                    f"-config={config}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                # Own process group: a terminal Ctrl-C reaches us, and we stop bao cleanly.
+                start_new_session=True,
+            )
+        BaoServer.running.add(self)
+        try:
+            self._wait_healthy(timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"bao exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if requests.get(f"{self.addr}/v1/sys/health", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"bao not healthy after {timeout}s:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def unseal_key(self) -> str:
+        match = re.search(r"^Unseal Key: (\S+)$", self.log_text(), re.MULTILINE)
+        if not match:
+            raise RuntimeError("no 'Unseal Key:' line in the dev server output")
+        return match.group(1)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM the server and wait; SIGKILL only if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        BaoServer.running.discard(self)
+        return self.proc.returncode
+
+    def __enter__(self) -> BaoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class CliError(RuntimeError):
+    def __init__(self, result: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(
+            f"`{' '.join(result.args)}` exited {result.returncode}\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+        self.result = result
+
+
+def cli(server: BaoServer, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `vault <args>` (the venv symlink to bao) against `server`."""
+    result = subprocess.run(
+        [str(VENV_BIN / "vault"), *args],
+        env=server.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise CliError(result)
+    return result
+
+
+def install_plugin(server: BaoServer) -> None:
+    """Copy, register and mount the plugin at keymgmt/, as the docs tell a user to."""
+    binary = require_plugin_binary()
+    target = server.plugin_dir / PLUGIN_NAME
+    shutil.copy2(binary, target)
+    sha256 = hashlib.sha256(target.read_bytes()).hexdigest()
+    try:
+        cli(
+            server,
+            "plugin",
+            "register",
+            f"-sha256={sha256}",
+            f"-command={PLUGIN_NAME}",
+            f"-version={plugin_version()}",
+            "secret",
+            MOUNT,
+        )
+        cli(server, "secrets", "enable", MOUNT)
+    except CliError as e:
+        e.add_note(f"--- server log tail ({server.log_path}) ---\n{server.log_tail()}")
+        raise
+
+
+def plugin_pids(server: BaoServer) -> list[int]:
+    """Live (non-zombie) processes running this server's copy of the plugin."""
+    target = str(server.plugin_dir / PLUGIN_NAME)
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(f"{entry.path}/exe").removesuffix(" (deleted)")
+            argv0 = Path(f"{entry.path}/cmdline").read_bytes().split(b"\0")[0].decode()
+            state = Path(f"{entry.path}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # exited meanwhile, a zombie, or not ours to read
+        if target in (exe, argv0) and state != "Z":
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def kill_plugins(server: BaoServer) -> None:
+    """Test hygiene: SIGKILL whatever plugin processes of `server` are left."""
+    for pid in plugin_pids(server):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def host_plugin_env(tmpdir: Path) -> dict[str, str]:
+    """The environment OpenBao 2.7.2 gives a v5 plugin (see host-observations.md 1.12)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "TMPDIR": str(tmpdir),
+        "VAULT_BACKEND_PLUGIN": MAGIC_COOKIE,
+        "PLUGIN_PROTOCOL_VERSIONS": "5",
+        "PLUGIN_CLIENT_CERT": _self_signed_p521_pem(),
+        "PLUGIN_MIN_PORT": "10000",
+        "PLUGIN_MAX_PORT": "25000",
+        "VAULT_PLUGIN_AUTOMTLS_ENABLED": "true",
+        "BAO_PLUGIN_AUTOMTLS_ENABLED": "true",
+        "VAULT_PLUGIN_METADATA_MODE": "false",
+        "BAO_PLUGIN_METADATA_MODE": "false",
+        "VAULT_VERSION": "2.7.2",
+        "BAO_VERSION": "2.7.2",
+    }
+
+
+def _self_signed_p521_pem() -> str:
+    # Shaped like go-plugin's AutoMTLS client cert.
+    key = ec.generate_private_key(ec.SECP521R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(seconds=30))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA512())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def spawn_plugin(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(require_plugin_binary())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def read_handshake(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """The plugin's first stdout line (without newline); nothing may follow it."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no stdout line within {timeout}s (got {buf!r})")
+            if sel.select(remaining):
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise EOFError(f"stdout closed before a full line (got {buf!r})")
+                buf += chunk
+    line, rest = buf.split(b"\n", 1)
+    if rest:
+        raise AssertionError(f"extra stdout after the handshake line: {rest!r}")
+    return line.decode()
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5) -> int:
+    """SIGTERM, then SIGKILL if it does not exit within `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
