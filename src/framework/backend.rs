@@ -1,0 +1,487 @@
+//! The router: turns protocol requests into handler calls and handler
+//! results into protocol replies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use zeroize::Zeroize;
+
+use super::error::Error;
+use super::field::{FieldValue, wipe_json};
+use super::help;
+use super::operation::Operation;
+use super::path::{Path, Request, Response};
+use crate::runtime::backend::LogicalBackend;
+use crate::runtime::proto::pb;
+
+/// Hooks a backend's state gets from the mount lifecycle.
+#[async_trait::async_trait]
+pub trait Lifecycle: Send + Sync + 'static {
+    async fn initialize(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    async fn cleanup(&self) {}
+    async fn invalidate(&self, _key: &str) {}
+}
+
+/// A backend built from declared paths around a shared state `B`.
+pub struct Backend<B> {
+    state: Arc<B>,
+    paths: Vec<Path<B>>,
+    help: &'static str,
+    special_paths: pb::Paths,
+}
+
+// ProtoError err_type values the host understands.
+const ERR_INTERNAL: u32 = 2;
+const ERR_CODED: u32 = 3;
+const ERR_UNSUPPORTED_OPERATION: u32 = 5;
+const ERR_UNSUPPORTED_PATH: u32 = 6;
+
+fn proto_error(err_type: u32, err_msg: String, err_code: i64) -> pb::ProtoError {
+    pb::ProtoError {
+        err_type,
+        err_msg,
+        err_code,
+    }
+}
+
+fn data_reply(data: &Map<String, Value>, warnings: Vec<String>) -> pb::HandleRequestReply {
+    pb::HandleRequestReply {
+        response: Some(pb::Response {
+            data: Value::Object(data.clone()).to_string(),
+            warnings,
+            ..Default::default()
+        }),
+        err: None,
+    }
+}
+
+fn error_reply(err: Error) -> pb::HandleRequestReply {
+    let err = match err {
+        // `{"error": msg}` in data is Vault's idiomatic user error: HTTP
+        // 400 with the message shown as is.
+        Error::BadRequest(message) => {
+            let mut data = Map::new();
+            data.insert("error".into(), message.into());
+            return data_reply(&data, Vec::new());
+        }
+        Error::NotFound(message) => proto_error(ERR_CODED, message, 404),
+        Error::Coded { status, message } => proto_error(ERR_CODED, message, i64::from(status)),
+        Error::UnsupportedOperation => proto_error(ERR_UNSUPPORTED_OPERATION, String::new(), 0),
+        Error::UnsupportedPath => proto_error(ERR_UNSUPPORTED_PATH, String::new(), 0),
+        Error::Internal(message) => proto_error(ERR_INTERNAL, message, 0),
+    };
+    pb::HandleRequestReply {
+        response: None,
+        err: Some(err),
+    }
+}
+
+/// Parses `Request.data`: a JSON object, or `null` for no body.
+fn parse_body(data: &mut String) -> Result<Map<String, Value>, Error> {
+    let parsed = if data.trim().is_empty() {
+        Ok(Value::Null)
+    } else {
+        serde_json::from_str(data)
+    };
+    data.zeroize();
+    match parsed {
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(mut other) => {
+            wipe_json(&mut other);
+            Err(Error::bad_request("the request body must be a JSON object"))
+        }
+        Err(_) => Err(Error::bad_request("the request body is not valid JSON")),
+    }
+}
+
+impl<B: Lifecycle> Backend<B> {
+    pub fn new(
+        state: Arc<B>,
+        paths: Vec<Path<B>>,
+        help: &'static str,
+        special_paths: pb::Paths,
+    ) -> Self {
+        Self {
+            state,
+            paths,
+            help,
+            special_paths,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<B> {
+        &self.state
+    }
+
+    fn route(&self, path: &str) -> Option<(&Path<B>, HashMap<String, String>)> {
+        self.paths
+            .iter()
+            .find_map(|p| p.matches(path).map(|c| (p, c)))
+    }
+
+    /// Coerces the body and captures against the path's fields. Unknown
+    /// fields become warnings, as in Vault.
+    fn build_request(
+        &self,
+        path: &Path<B>,
+        captures: HashMap<String, String>,
+        operation: Operation,
+        request: &mut pb::Request,
+    ) -> Result<(Request, Vec<String>), Error> {
+        let mut body = parse_body(&mut request.data)?;
+        let result = Self::coerce_fields(path, &captures, &body);
+        body.values_mut().for_each(wipe_json);
+        let (values, provided, unknown) = result?;
+        let mut warnings = Vec::new();
+        if !unknown.is_empty() {
+            warnings.push(format!(
+                "Endpoint ignored these unrecognized parameters: [{}]",
+                unknown.join(" ")
+            ));
+        }
+        let req = Request::new(
+            operation,
+            request.path.clone(),
+            request.mount_point.clone(),
+            captures,
+            values,
+            provided,
+        );
+        Ok((req, warnings))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn coerce_fields(
+        path: &Path<B>,
+        captures: &HashMap<String, String>,
+        body: &Map<String, Value>,
+    ) -> Result<
+        (
+            HashMap<&'static str, FieldValue>,
+            Vec<&'static str>,
+            Vec<String>,
+        ),
+        Error,
+    > {
+        let mut values = HashMap::new();
+        let mut provided = Vec::new();
+        for field in &path.fields {
+            let raw = captures
+                .get(field.name)
+                .map(|c| Value::String(c.clone()))
+                .or_else(|| body.get(field.name).cloned());
+            match raw {
+                Some(raw) => {
+                    values.insert(field.name, field.coerce(&raw)?);
+                    provided.push(field.name);
+                }
+                None => {
+                    if let Some(default) = &field.default {
+                        values.insert(field.name, field.coerce(default)?);
+                    }
+                }
+            }
+        }
+        let mut unknown: Vec<String> = body
+            .keys()
+            .filter(|k| !path.fields.iter().any(|f| f.name == k.as_str()))
+            .cloned()
+            .collect();
+        unknown.sort();
+        Ok((values, provided, unknown))
+    }
+
+    fn help_reply(&self, request: &pb::Request) -> pb::HandleRequestReply {
+        let mut data = Map::new();
+        if request.path.is_empty() {
+            data.insert("help".into(), self.help.into());
+            data.insert(
+                "openapi".into(),
+                help::openapi_document(&self.paths, self.help),
+            );
+        } else {
+            let Some((path, _)) = self.route(&request.path) else {
+                return error_reply(Error::UnsupportedPath);
+            };
+            data.insert("help".into(), help::path_help(&request.path, path).into());
+            data.insert("see_also".into(), Value::Array(Vec::new()));
+            let mut doc = help::openapi_document(std::slice::from_ref(path), path.synopsis);
+            doc["paths"] = Value::Object(
+                [(path.openapi_path(), help::path_item(path))]
+                    .into_iter()
+                    .collect(),
+            );
+            data.insert("openapi".into(), doc);
+        }
+        data_reply(&data, Vec::new())
+    }
+
+    async fn dispatch(&self, mut request: pb::Request) -> pb::HandleRequestReply {
+        let operation = Operation::parse(&request.operation);
+        match operation {
+            // Keep the path as it is; only a nil reply or err_type 5 does that
+            // without side effects.
+            Operation::ResolvePath => return pb::HandleRequestReply::default(),
+            Operation::Help => return self.help_reply(&request),
+            // Nothing to roll back; the host ignores exactly this error.
+            Operation::Rollback => return error_reply(Error::UnsupportedOperation),
+            _ => {}
+        }
+        let Some((path, captures)) = self.route(&request.path) else {
+            return error_reply(Error::UnsupportedPath);
+        };
+        let Some(op) = path.handler_for(operation) else {
+            return error_reply(Error::UnsupportedOperation);
+        };
+        let (req, mut warnings) = match self.build_request(path, captures, operation, &mut request)
+        {
+            Ok(built) => built,
+            Err(err) => return error_reply(err),
+        };
+        match (op.handler)(self.state.clone(), req).await {
+            Ok(Some(Response {
+                data,
+                warnings: mut extra,
+            })) => {
+                warnings.append(&mut extra);
+                data_reply(&data, warnings)
+            }
+            // A write without data still has to carry its warnings.
+            Ok(None) if !warnings.is_empty() => data_reply(&Map::new(), warnings),
+            Ok(None) => pb::HandleRequestReply::default(),
+            Err(err) => {
+                if let Error::Internal(message) = &err {
+                    log::error!(path = request.path.as_str(), operation = operation.as_str(); "request failed: {message}");
+                }
+                error_reply(err)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Lifecycle> LogicalBackend for Backend<B> {
+    async fn handle_request(&self, request: pb::Request) -> pb::HandleRequestReply {
+        self.dispatch(request).await
+    }
+
+    async fn existence_check(&self, mut request: pb::Request) -> pb::HandleExistenceCheckReply {
+        let operation = Operation::parse(&request.operation);
+        let Some((path, captures)) = self.route(&request.path) else {
+            return pb::HandleExistenceCheckReply::default();
+        };
+        let Some(check) = &path.existence_check else {
+            return pb::HandleExistenceCheckReply::default();
+        };
+        // Bad input is reported by the write itself, with the field named.
+        let Ok((req, _)) = self.build_request(path, captures, operation, &mut request) else {
+            return pb::HandleExistenceCheckReply::default();
+        };
+        match check(self.state.clone(), req).await {
+            Ok(exists) => pb::HandleExistenceCheckReply {
+                check_found: true,
+                exists,
+                err: None,
+            },
+            Err(err) => pb::HandleExistenceCheckReply {
+                check_found: false,
+                exists: false,
+                err: Some(proto_error(ERR_INTERNAL, err.to_string(), 0)),
+            },
+        }
+    }
+
+    fn special_paths(&self) -> pb::Paths {
+        self.special_paths.clone()
+    }
+
+    async fn initialize(&self) -> Result<(), String> {
+        self.state.initialize().await.map_err(|e| e.to_string())
+    }
+
+    async fn cleanup(&self) {
+        self.state.cleanup().await;
+    }
+
+    async fn invalidate(&self, key: &str) {
+        self.state.invalidate(key).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framework::field::{Field, FieldType};
+    use crate::framework::path::handler;
+
+    struct Echo;
+    impl Lifecycle for Echo {}
+
+    fn backend() -> Backend<Echo> {
+        let path = Path::new("thing/{name}")
+            .field(Field::new("name", FieldType::Name, "Name of the thing"))
+            .field(Field::new("count", FieldType::Int, "How many").default_value(1))
+            .operation(
+                Operation::Update,
+                "writeThing",
+                "Write a thing",
+                handler(|_, req: Request| async move {
+                    let mut data = Map::new();
+                    data.insert("name".into(), req.capture("name").into());
+                    data.insert("count".into(), req.int("count").into());
+                    data.insert("count_set".into(), req.is_set("count").into());
+                    Ok(Some(Response::data(data)))
+                }),
+            )
+            .operation(
+                Operation::Read,
+                "readThing",
+                "Read a thing",
+                handler(|_, req: Request| async move {
+                    Err(Error::not_found(format!(
+                        "thing {:?} not found",
+                        req.capture("name")
+                    )))
+                }),
+            )
+            .help("Manage things.", "Things are things.");
+        Backend::new(
+            Arc::new(Echo),
+            vec![path],
+            "Test backend.",
+            pb::Paths::default(),
+        )
+    }
+
+    fn request(op: &str, path: &str, data: &str) -> pb::Request {
+        pb::Request {
+            operation: op.into(),
+            path: path.into(),
+            data: data.into(),
+            ..Default::default()
+        }
+    }
+
+    fn data_of(reply: &pb::HandleRequestReply) -> Value {
+        serde_json::from_str(&reply.response.as_ref().unwrap().data).unwrap()
+    }
+
+    #[tokio::test]
+    async fn coerces_fields_and_applies_defaults() {
+        let b = backend();
+        let reply = b
+            .handle_request(request("update", "thing/a", r#"{"count":"3"}"#))
+            .await;
+        assert_eq!(
+            data_of(&reply),
+            serde_json::json!({"name":"a","count":3,"count_set":true})
+        );
+        let reply = b.handle_request(request("update", "thing/a", "null")).await;
+        assert_eq!(
+            data_of(&reply),
+            serde_json::json!({"name":"a","count":1,"count_set":false})
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_a_400_naming_the_field() {
+        let reply = backend()
+            .handle_request(request("update", "thing/a", r#"{"count":"x"}"#))
+            .await;
+        assert!(reply.err.is_none());
+        let error = data_of(&reply)["error"].as_str().unwrap().to_owned();
+        assert!(error.contains("\"count\""), "{error}");
+        let reply = backend()
+            .handle_request(request("update", "thing/a", "[1]"))
+            .await;
+        assert!(
+            data_of(&reply)["error"]
+                .as_str()
+                .unwrap()
+                .contains("JSON object")
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_are_warnings() {
+        let reply = backend()
+            .handle_request(request("update", "thing/a", r#"{"zz":1,"aa":2}"#))
+            .await;
+        assert_eq!(
+            reply.response.unwrap().warnings,
+            vec!["Endpoint ignored these unrecognized parameters: [aa zz]"]
+        );
+    }
+
+    #[tokio::test]
+    async fn unsupported_paths_operations_and_not_found() {
+        let b = backend();
+        assert_eq!(
+            b.handle_request(request("read", "nothing", ""))
+                .await
+                .err
+                .unwrap()
+                .err_type,
+            6
+        );
+        assert_eq!(
+            b.handle_request(request("delete", "thing/a", ""))
+                .await
+                .err
+                .unwrap()
+                .err_type,
+            5
+        );
+        let err = b
+            .handle_request(request("read", "thing/a", ""))
+            .await
+            .err
+            .unwrap();
+        assert_eq!(
+            (err.err_type, err.err_code, err.err_msg.as_str()),
+            (3, 404, "thing \"a\" not found")
+        );
+        let reply = b
+            .handle_request(request("resolve-path", "thing/a", ""))
+            .await;
+        assert!(reply.response.is_none() && reply.err.is_none());
+        assert_eq!(
+            b.handle_request(request("rollback", "", ""))
+                .await
+                .err
+                .unwrap()
+                .err_type,
+            5
+        );
+    }
+
+    #[tokio::test]
+    async fn help_is_never_empty_and_carries_openapi() {
+        let b = backend();
+        let root = data_of(
+            &b.handle_request(request(
+                "help",
+                "",
+                r#"{"requestResponsePrefix":"keymgmt"}"#,
+            ))
+            .await,
+        );
+        assert!(root["openapi"]["paths"]["/thing/{name}"]["post"]["operationId"] == "writeThing");
+        let one = data_of(&b.handle_request(request("help", "thing/x", "")).await);
+        let text = one["help"].as_str().unwrap();
+        assert!(
+            text.contains("Manage things.") && text.contains("count (integer)"),
+            "{text}"
+        );
+        assert!(
+            b.handle_request(request("help", "nope", ""))
+                .await
+                .err
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! Handler errors, and how each reaches the user as an HTTP status.
+
+/// Longest excerpt of user input quoted back in an error message.
+const QUOTE_LIMIT: usize = 64;
+
+/// An error a handler returns. The variant decides the HTTP status; the
+/// message is shown to the user, so it must never carry a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// 400: the request is wrong; the message names the field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404: the named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path does not support the operation.
+    #[error("unsupported operation")]
+    UnsupportedOperation,
+    /// 404: no path matches.
+    #[error("unsupported path")]
+    UnsupportedPath,
+    /// 500: our fault or a dependency's (storage, a KMS provider).
+    #[error("{0}")]
+    Internal(String),
+    /// A specific HTTP status, for provider errors that map to one.
+    #[error("{message}")]
+    Coded { status: u16, message: String },
+}
+
+impl Error {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::BadRequest(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(message.into())
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(message.into())
+    }
+}
+
+impl From<crate::runtime::storage::StorageError> for Error {
+    fn from(err: crate::runtime::storage::StorageError) -> Self {
+        Self::Internal(err.to_string())
+    }
+}
+
+/// Quotes user input for an error message, shortened so that an oversized
+/// value cannot turn the error itself into a huge response.
+pub fn quote(input: &str) -> String {
+    if input.chars().count() <= QUOTE_LIMIT {
+        format!("{input:?}")
+    } else {
+        let head: String = input.chars().take(QUOTE_LIMIT).collect();
+        format!("{head:?}... ({} bytes)", input.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_shortens_long_input() {
+        assert_eq!(quote("abc"), "\"abc\"");
+        let long = "x".repeat(1 << 20);
+        let quoted = quote(&long);
+        assert!(quoted.len() < 100, "{quoted}");
+        assert!(quoted.ends_with("(1048576 bytes)"));
+    }
+}

@@ -1,0 +1,143 @@
+//! `path-help` text and the OpenAPI document the host merges into
+//! `sys/internal/specs/openapi`.
+
+use serde_json::{Map, Value, json};
+
+use super::operation::Operation;
+use super::path::Path;
+
+/// The text `vault path-help <mount>/<path>` prints, in Vault's layout.
+pub fn path_help<B>(request_path: &str, path: &Path<B>) -> String {
+    let mut text = format!(
+        "Request:        {request_path}\nMatching Route: {}\n\n{}\n",
+        path.route_regex(),
+        path.synopsis
+    );
+    let mut fields: Vec<_> = path.fields.iter().collect();
+    fields.sort_by_key(|f| f.name);
+    if !fields.is_empty() {
+        text.push_str("\n## PARAMETERS\n");
+        for field in fields {
+            let kind = field.kind.openapi_schema()["type"]
+                .as_str()
+                .unwrap_or("string")
+                .to_owned();
+            text.push_str(&format!(
+                "\n    {} ({kind})\n\n        {}\n",
+                field.name, field.description
+            ));
+            if !field.allowed.is_empty() {
+                text.push_str(&format!("        One of: {}\n", field.allowed.join(", ")));
+            }
+            if let Some(default) = &field.default {
+                text.push_str(&format!("        Default: {default}\n"));
+            }
+        }
+    }
+    if !path.description.is_empty() {
+        text.push_str(&format!(
+            "\n## DESCRIPTION\n\n{}\n",
+            path.description.trim()
+        ));
+    }
+    text
+}
+
+fn parameter_schema<B>(path: &Path<B>, name: &str) -> Value {
+    let field = path.fields.iter().find(|f| f.name == name);
+    json!({
+        "name": name,
+        "in": "path",
+        "required": true,
+        "description": field.map(|f| f.description).unwrap_or_default(),
+        "schema": {"type": "string"},
+    })
+}
+
+fn body_schema<B>(path: &Path<B>) -> Value {
+    let captures: Vec<&str> = path.capture_names().collect();
+    let mut properties = Map::new();
+    for field in path.fields.iter().filter(|f| !captures.contains(&f.name)) {
+        let mut schema = field.kind.openapi_schema();
+        schema["description"] = field.description.into();
+        if !field.allowed.is_empty() {
+            schema["enum"] = field.allowed.into();
+        }
+        if let Some(default) = &field.default {
+            schema["default"] = default.clone();
+        }
+        properties.insert(field.name.to_owned(), schema);
+    }
+    json!({"type": "object", "properties": properties})
+}
+
+/// The OpenAPI 3 item for one path.
+pub fn path_item<B>(path: &Path<B>) -> Value {
+    let mut item = Map::new();
+    item.insert("description".into(), path.synopsis.into());
+    let parameters: Vec<Value> = path
+        .capture_names()
+        .map(|n| parameter_schema(path, n))
+        .collect();
+    if !parameters.is_empty() {
+        item.insert("parameters".into(), parameters.into());
+    }
+    let ok = json!({"200": {"description": "OK"}});
+    for op in &path.operations {
+        let base = json!({
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "tags": ["secrets"],
+            "responses": ok,
+        });
+        match op.operation {
+            Operation::Read => {
+                item.insert("get".into(), base);
+            }
+            Operation::List => {
+                let mut get = base;
+                get["parameters"] = json!([{
+                    "name": "list", "in": "query", "required": true,
+                    "description": "Must be set to `true`",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }]);
+                item.insert("get".into(), get);
+            }
+            Operation::Update | Operation::Create => {
+                let mut post = base;
+                post["requestBody"] = json!({
+                    "required": true,
+                    "content": {"application/json": {"schema": body_schema(path)}},
+                });
+                item.insert("post".into(), post);
+            }
+            Operation::Delete => {
+                item.insert("delete".into(), base);
+            }
+            _ => {}
+        }
+    }
+    if path.handler_for(Operation::Create).is_some() {
+        item.insert("x-vault-createSupported".into(), true.into());
+    }
+    Value::Object(item)
+}
+
+/// The whole backend's OpenAPI document.
+pub fn openapi_document<B>(paths: &[Path<B>], description: &str) -> Value {
+    let mut items = Map::new();
+    for path in paths {
+        items.insert(path.openapi_path(), path_item(path));
+    }
+    json!({
+        "openapi": "3.0.2",
+        "info": {
+            "title": "Key Management secrets engine",
+            "description": description,
+            "version": super::super::runtime::control::plugin_version(),
+            "license": {"name": "Mozilla Public License 2.0", "url": "https://www.mozilla.org/en-US/MPL/2.0"},
+        },
+        "paths": items,
+        "components": {"schemas": {}},
+    })
+}
