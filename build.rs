@@ -13,7 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/grpc/health/v1/health.proto",
     ];
     let includes = [std::path::PathBuf::from("proto"), include];
-    tonic_prost_build::configure().compile_with_config(config, &files.map(std::path::PathBuf::from), &includes)?;
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &files.map(std::path::PathBuf::from),
+        &includes,
+    )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

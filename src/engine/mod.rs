@@ -1,5 +1,17 @@
 //! The keymgmt engine: keys, KMS providers and their distribution.
 
+pub mod backend;
+pub mod distribution;
 pub mod key_type;
+pub mod keys;
+pub mod kms;
+pub mod locks;
 pub mod material;
+pub mod path_distribution;
+pub mod path_keys;
+pub mod path_kms;
+pub mod propagate;
+pub mod provider;
 pub mod wrap;
+
+pub use backend::{Factory, KeyManagement, backend};

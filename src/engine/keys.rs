@@ -1,0 +1,295 @@
+//! Keys and their versions: the model, its storage form, and a cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::RwLock;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::key_type::KeyType;
+use super::material::KeyMaterial;
+use crate::framework::Error;
+use crate::runtime::storage::{Storage, StorageEntry};
+
+/// Storage prefix of key records; declared as seal-wrapped.
+pub const KEY_PREFIX: &str = "key/";
+
+/// RFC 3339 with nanoseconds and trailing zeros trimmed, like Go's
+/// `time.RFC3339Nano`, which Vault uses for every timestamp it returns.
+pub fn rfc3339_nano(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+/// One version of a key.
+pub struct KeyVersion {
+    pub creation_time: String,
+    pub material: KeyMaterial,
+    /// PEM SPKI, computed once at creation (None for symmetric keys).
+    pub public_key: Option<String>,
+}
+
+/// A named key with all its versions.
+#[derive(Clone)]
+pub struct Key {
+    pub name: String,
+    pub key_type: KeyType,
+    pub deletion_allowed: bool,
+    /// Versions below this are disabled in providers and hidden on read.
+    /// Always at least 1: 0 ("all enabled") is stored as 1.
+    pub min_enabled_version: u32,
+    pub latest_version: u32,
+    pub versions: BTreeMap<u32, Arc<KeyVersion>>,
+}
+
+impl Key {
+    /// A new key with version 1.
+    pub fn generate(name: &str, key_type: KeyType) -> Result<Self, Error> {
+        let mut key = Self {
+            name: name.to_owned(),
+            key_type,
+            deletion_allowed: false,
+            min_enabled_version: 1,
+            latest_version: 0,
+            versions: BTreeMap::new(),
+        };
+        key.rotate()?;
+        Ok(key)
+    }
+
+    /// Adds a version with fresh material; returns its number.
+    pub fn rotate(&mut self) -> Result<u32, Error> {
+        let material =
+            KeyMaterial::generate(self.key_type).map_err(|e| Error::internal(e.to_string()))?;
+        let version = self.latest_version + 1;
+        let public_key = material.public_key_pem();
+        self.versions.insert(
+            version,
+            Arc::new(KeyVersion {
+                creation_time: rfc3339_nano(OffsetDateTime::now_utc()),
+                material,
+                public_key,
+            }),
+        );
+        self.latest_version = version;
+        Ok(version)
+    }
+
+    pub fn is_enabled(&self, version: u32) -> bool {
+        version >= self.min_enabled_version
+    }
+
+    fn to_stored(&self) -> StoredKey {
+        StoredKey {
+            name: self.name.clone(),
+            key_type: self.key_type,
+            deletion_allowed: self.deletion_allowed,
+            min_enabled_version: self.min_enabled_version,
+            latest_version: self.latest_version,
+            versions: self
+                .versions
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        StoredVersion {
+                            creation_time: v.creation_time.clone(),
+                            public_key: v.public_key.clone(),
+                            material: Zeroizing::new(STANDARD.encode(v.material.as_bytes())),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn from_stored(mut stored: StoredKey) -> Result<Self, String> {
+        let mut versions = BTreeMap::new();
+        for (number, version) in std::mem::take(&mut stored.versions) {
+            let number: u32 = number
+                .parse()
+                .map_err(|_| format!("bad version number {number:?}"))?;
+            let bytes = Zeroizing::new(
+                STANDARD
+                    .decode(version.material.as_bytes())
+                    .map_err(|_| format!("version {number}: bad encoding"))?,
+            );
+            let material = KeyMaterial::from_bytes(stored.key_type, bytes)
+                .map_err(|e| format!("version {number}: {e}"))?;
+            let public_key = version
+                .public_key
+                .clone()
+                .or_else(|| material.public_key_pem());
+            versions.insert(
+                number,
+                Arc::new(KeyVersion {
+                    creation_time: version.creation_time.clone(),
+                    material,
+                    public_key,
+                }),
+            );
+        }
+        Ok(Self {
+            name: stored.name.clone(),
+            key_type: stored.key_type,
+            deletion_allowed: stored.deletion_allowed,
+            min_enabled_version: stored.min_enabled_version.max(1),
+            latest_version: stored.latest_version,
+            versions,
+        })
+    }
+}
+
+/// The storage form of a key. Material is base64 in a zeroizing string.
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    name: String,
+    #[serde(rename = "type")]
+    key_type: KeyType,
+    deletion_allowed: bool,
+    min_enabled_version: u32,
+    latest_version: u32,
+    versions: BTreeMap<String, StoredVersion>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredVersion {
+    creation_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    material: Zeroizing<String>,
+}
+
+/// Keys in storage, with a read cache. Writers must hold the key's lock
+/// (see [`super::locks::NamedLocks`]) across read-modify-write.
+pub struct KeyStore {
+    storage: Arc<dyn Storage>,
+    cache: RwLock<HashMap<String, Arc<Key>>>,
+}
+
+impl KeyStore {
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self {
+            storage,
+            cache: RwLock::default(),
+        }
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<Key>>, Error> {
+        if let Some(key) = self.cache.read().await.get(name) {
+            return Ok(Some(key.clone()));
+        }
+        let Some(entry) = self.storage.get(&format!("{KEY_PREFIX}{name}")).await? else {
+            return Ok(None);
+        };
+        let stored: StoredKey = serde_json::from_slice(&entry.value)
+            .map_err(|e| Error::internal(format!("key {name:?} in storage is unreadable: {e}")))?;
+        let key = Arc::new(
+            Key::from_stored(stored).map_err(|e| Error::internal(format!("key {name:?}: {e}")))?,
+        );
+        self.cache
+            .write()
+            .await
+            .insert(name.to_owned(), key.clone());
+        Ok(Some(key))
+    }
+
+    /// Like [`KeyStore::get`], with Vault's not-found error.
+    pub async fn require(&self, name: &str) -> Result<Arc<Key>, Error> {
+        self.get(name)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("key {name:?} not found")))
+    }
+
+    pub async fn put(&self, key: Key) -> Result<Arc<Key>, Error> {
+        let mut stored = key.to_stored();
+        let value = Zeroizing::new(
+            serde_json::to_vec(&stored).map_err(|e| Error::internal(e.to_string()))?,
+        );
+        stored
+            .versions
+            .values_mut()
+            .for_each(|v| v.material.zeroize());
+        self.storage
+            .put(StorageEntry {
+                key: format!("{KEY_PREFIX}{}", key.name),
+                value,
+            })
+            .await?;
+        let key = Arc::new(key);
+        self.cache
+            .write()
+            .await
+            .insert(key.name.clone(), key.clone());
+        Ok(key)
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), Error> {
+        self.storage.delete(&format!("{KEY_PREFIX}{name}")).await?;
+        self.cache.write().await.remove(name);
+        Ok(())
+    }
+
+    pub async fn list(&self) -> Result<Vec<String>, Error> {
+        Ok(self.storage.list(KEY_PREFIX).await?)
+    }
+
+    /// Drops the cached copy of a storage key, if it is a key record.
+    pub async fn invalidate(&self, storage_key: &str) {
+        if let Some(name) = storage_key.strip_prefix(KEY_PREFIX) {
+            self.cache.write().await.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::storage::InMemoryStorage;
+
+    #[test]
+    fn timestamps_are_rfc3339_nano() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_688_559_292_173_163_449).unwrap();
+        assert_eq!(rfc3339_nano(at), "2023-07-05T12:14:52.173163449Z");
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_688_559_292_100_000_000).unwrap();
+        assert_eq!(rfc3339_nano(at), "2023-07-05T12:14:52.1Z");
+    }
+
+    #[tokio::test]
+    async fn round_trips_through_storage_and_invalidation() {
+        let storage = Arc::new(InMemoryStorage::new());
+        let store = KeyStore::new(storage.clone());
+        let mut key = Key::generate("k", KeyType::EcdsaP256).unwrap();
+        key.rotate().unwrap();
+        key.min_enabled_version = 2;
+        let written = store.put(key).await.unwrap();
+        let raw = storage.get("key/k").await.unwrap().unwrap();
+        let text = String::from_utf8(raw.value.to_vec()).unwrap();
+        assert!(text.contains("\"type\":\"ecdsa-p256\""));
+        // A fresh store (no cache) reads the same key back.
+        let reread = KeyStore::new(storage.clone()).require("k").await.unwrap();
+        assert_eq!(reread.latest_version, 2);
+        assert_eq!(reread.min_enabled_version, 2);
+        for n in [1, 2] {
+            assert_eq!(
+                reread.versions[&n].material.as_bytes(),
+                written.versions[&n].material.as_bytes()
+            );
+            assert_eq!(
+                reread.versions[&n].public_key,
+                written.versions[&n].public_key
+            );
+        }
+        // Invalidation drops the cache so a changed record is re-read.
+        storage.delete("key/k").await.unwrap();
+        assert!(store.get("k").await.unwrap().is_some());
+        store.invalidate("key/k").await;
+        assert!(store.get("k").await.unwrap().is_none());
+        let err = store.require("k").await.err().unwrap();
+        assert_eq!(err, Error::not_found("key \"k\" not found"));
+    }
+}

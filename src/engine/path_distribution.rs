@@ -1,0 +1,225 @@
+//! `kms/:name/key/...`: distributing keys to a KMS provider, reading and
+//! removing the distribution.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::backend::KeyManagement;
+use super::provider::{Protection, Purpose};
+use crate::framework::error::quote;
+use crate::framework::{
+    Error, Field, FieldType, Operation, Path, Request, Response, existence, handler,
+};
+
+const PURPOSES: &[&str] = &["encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"];
+const PROTECTIONS: &[&str] = &["hsm", "software"];
+
+fn name_field() -> Field {
+    Field::new("name", FieldType::Name, "Name of the KMS provider.")
+}
+
+pub fn paths() -> Vec<Path<KeyManagement>> {
+    vec![
+        Path::new("kms/{name}/key/")
+            .field(name_field())
+            .operation(
+                Operation::List,
+                "keyManagementListKeysInKmsProvider",
+                "List the keys distributed to a KMS provider.",
+                handler(list_distributed),
+            )
+            .help("List the keys distributed to a KMS provider.", ""),
+        Path::new("kms/{name}/key/{key_name}")
+            .field(name_field())
+            .field(Field::new("key_name", FieldType::Name, "Name of the key."))
+            .field(
+                Field::new(
+                    "purpose",
+                    FieldType::CommaStringSlice,
+                    "Operations the key may perform in the provider, as a list or a comma-separated string. \
+                     Fixed after distribution.",
+                )
+                .allowed(PURPOSES),
+            )
+            .field(
+                Field::new("protection", FieldType::String, "Where the provider keeps the key. Fixed after distribution.")
+                    .default_value("hsm")
+                    .allowed(PROTECTIONS),
+            )
+            .existence_check(existence(distribution_exists))
+            .operation(
+                Operation::Create,
+                "keyManagementDistributeKeyInKmsProvider",
+                "Distribute a key to a KMS provider.",
+                handler(distribute),
+            )
+            .operation(
+                Operation::Update,
+                "keyManagementDistributeKeyInKmsProvider",
+                "Distribute a key to a KMS provider, or finish an interrupted distribution.",
+                handler(distribute),
+            )
+            .operation(
+                Operation::Read,
+                "keyManagementReadKeyInKmsProvider",
+                "Read the distribution of a key to a KMS provider.",
+                handler(read_distribution),
+            )
+            .operation(
+                Operation::Delete,
+                "keyManagementDeleteKeyInKmsProvider",
+                "Remove a key from a KMS provider.",
+                handler(remove),
+            )
+            .help(
+                "Distribute keys to a KMS provider, and remove them from it.",
+                "Distribution imports every version of the key into the provider through its secure key \
+                 import specification, under the name <key>-<unix time>. Later rotations and \
+                 min_enabled_version changes are pushed to it. If a distribution fails part-way, the \
+                 versions already imported are recorded and repeating the request imports the rest. \
+                 Removal deletes the key from the provider; it stays in Vault and can be distributed \
+                 again.",
+            ),
+    ]
+}
+
+async fn distribution_exists(engine: Arc<KeyManagement>, req: Request) -> Result<bool, Error> {
+    Ok(engine
+        .distributions
+        .get(req.capture("name"), req.capture("key_name"))
+        .await?
+        .is_some())
+}
+
+async fn list_distributed(
+    engine: Arc<KeyManagement>,
+    req: Request,
+) -> Result<Option<Response>, Error> {
+    let name = req.capture("name");
+    engine.providers.require(name).await?;
+    Ok(Response::list(engine.distributions.keys_of(name).await?))
+}
+
+fn parse_purposes(req: &Request) -> Result<Option<Vec<Purpose>>, Error> {
+    let Some(raw) = req.strings("purpose").filter(|_| req.is_set("purpose")) else {
+        return Ok(None);
+    };
+    let mut purposes = Vec::new();
+    for item in raw {
+        let purpose = Purpose::parse(item).ok_or_else(|| {
+            Error::bad_request(format!(
+                "purpose: unsupported value {}; allowed: {}",
+                quote(item),
+                PURPOSES.join(", ")
+            ))
+        })?;
+        if !purposes.contains(&purpose) {
+            purposes.push(purpose);
+        }
+    }
+    if purposes.is_empty() {
+        return Err(Error::bad_request(format!(
+            "purpose must name at least one of: {}",
+            PURPOSES.join(", ")
+        )));
+    }
+    purposes.sort();
+    Ok(Some(purposes))
+}
+
+fn parse_protection(req: &Request) -> Result<Protection, Error> {
+    let raw = req.string("protection").unwrap_or("hsm");
+    Protection::parse(raw).ok_or_else(|| {
+        Error::bad_request(format!(
+            "protection: unsupported value {}; allowed: hsm, software",
+            quote(raw)
+        ))
+    })
+}
+
+async fn distribute(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
+    let (provider, key_name) = (req.capture("name"), req.capture("key_name"));
+    let purposes = parse_purposes(&req)?;
+    let protection = parse_protection(&req)?;
+    // Lock order everywhere: provider, then key.
+    let _provider_guard = engine.locks.lock(&format!("kms/{provider}")).await;
+    let _key_guard = engine.locks.lock(&format!("key/{key_name}")).await;
+    let config = engine.providers.require(provider).await?;
+    let key = engine.keys.require(key_name).await?;
+    let (purposes, protection) = match engine.distributions.get(provider, key_name).await? {
+        Some(existing) => {
+            let fixed = existing.purposes();
+            if purposes.as_ref().is_some_and(|p| *p != fixed) {
+                return Err(Error::bad_request(format!(
+                    "purpose cannot be changed after distribution: key {key_name:?} has purpose {:?} in KMS provider {provider:?}",
+                    existing.purposes.join(",")
+                )));
+            }
+            if req.is_set("protection") && protection != existing.protection {
+                return Err(Error::bad_request(format!(
+                    "protection cannot be changed after distribution: key {key_name:?} has protection {:?} in KMS provider {provider:?}",
+                    existing.protection.as_str()
+                )));
+            }
+            (fixed, existing.protection)
+        }
+        None => {
+            let purposes = purposes.ok_or_else(|| {
+                Error::bad_request(format!(
+                    "missing required field \"purpose\"; allowed: {}",
+                    PURPOSES.join(", ")
+                ))
+            })?;
+            config
+                .kind
+                .check_support(key.key_type, &purposes, protection)
+                .map_err(Error::BadRequest)?;
+            (purposes, protection)
+        }
+    };
+    engine
+        .distribute(provider, &key, purposes, protection)
+        .await?;
+    Ok(None)
+}
+
+async fn read_distribution(
+    engine: Arc<KeyManagement>,
+    req: Request,
+) -> Result<Option<Response>, Error> {
+    let Some(record) = engine
+        .distributions
+        .get(req.capture("name"), req.capture("key_name"))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut data = Map::new();
+    data.insert("name".into(), record.name.clone().into());
+    // One comma-joined, sorted string: the wire format real servers use.
+    data.insert("purpose".into(), record.purposes.join(",").into());
+    data.insert("protection".into(), record.protection.as_str().into());
+    data.insert(
+        "distribution_time".into(),
+        record.distribution_time.clone().into(),
+    );
+    let versions: Map<String, Value> = record
+        .versions
+        .iter()
+        .map(|(v, id)| (v.to_string(), Value::String(id.clone())))
+        .collect();
+    data.insert("versions".into(), Value::Object(versions));
+    Ok(Some(Response::data(data)))
+}
+
+async fn remove(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
+    let (provider, key_name) = (req.capture("name"), req.capture("key_name"));
+    let _provider_guard = engine.locks.lock(&format!("kms/{provider}")).await;
+    let _key_guard = engine.locks.lock(&format!("key/{key_name}")).await;
+    let Some(key) = engine.keys.get(key_name).await? else {
+        return Ok(None);
+    };
+    engine.remove_distribution(provider, &key).await?;
+    Ok(None)
+}
