@@ -15,3 +15,6 @@ pub mod provider;
 pub mod wrap;
 
 pub use backend::{Factory, KeyManagement, backend};
+
+#[cfg(test)]
+mod tests;

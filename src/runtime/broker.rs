@@ -135,11 +135,8 @@ impl GrpcBroker for BrokerService {
         let broker = self.broker.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(info)) => broker.announce(info),
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(info)) = inbound.message().await {
+                broker.announce(info);
             }
             // The host holds this stream for as long as it holds us; when it
             // ends, the host is gone (or killing us) and nobody will send

@@ -115,6 +115,33 @@ impl ProviderKind {
         }
     }
 
+    /// The purposes a key type can have in this provider; `None` when the
+    /// provider cannot import the type at all.
+    fn allowed_purposes(self, key_type: KeyType) -> Option<&'static [Purpose]> {
+        use KeyType::*;
+        use Purpose::*;
+        Some(match (self, key_type) {
+            (Self::AzureKeyVault, Rsa2048 | Rsa3072 | Rsa4096) => {
+                &[Encrypt, Decrypt, Sign, Verify, Wrap, Unwrap]
+            }
+            // Azure imports EC keys on all three NIST curves.
+            (Self::AzureKeyVault, EcdsaP256 | EcdsaP384 | EcdsaP521) => &[Sign, Verify],
+            (Self::AwsKms, Aes256Gcm96) => &[Encrypt, Decrypt],
+            (Self::GcpCkms, Aes256Gcm96) => &[Encrypt, Decrypt],
+            (Self::GcpCkms, Rsa2048 | Rsa3072 | Rsa4096) => &[Decrypt, Sign],
+            (Self::GcpCkms, EcdsaP256 | EcdsaP384) => &[Sign],
+            _ => return None,
+        })
+    }
+
+    /// Key types the provider can import.
+    pub fn supported_types(self) -> Vec<KeyType> {
+        KeyType::ALL
+            .into_iter()
+            .filter(|t| self.allowed_purposes(*t).is_some())
+            .collect()
+    }
+
     /// Which key types, purposes and protections the provider can import.
     /// Checked before any call to the cloud; the error says what is allowed.
     pub fn check_support(
@@ -123,33 +150,21 @@ impl ProviderKind {
         purposes: &[Purpose],
         protection: Protection,
     ) -> Result<(), String> {
-        use KeyType::*;
-        use Purpose::*;
         let provider = self.as_str();
-        let allowed: &[Purpose] = match (self, key_type) {
-            (Self::AzureKeyVault, Rsa2048 | Rsa3072 | Rsa4096) => {
-                &[Encrypt, Decrypt, Sign, Verify, Wrap, Unwrap]
-            }
-            // Azure imports EC keys on all three NIST curves as EC-HSM or EC.
-            (Self::AzureKeyVault, EcdsaP256 | EcdsaP384 | EcdsaP521) => &[Sign, Verify],
-            (Self::AwsKms, Aes256Gcm96) => &[Encrypt, Decrypt],
-            (Self::GcpCkms, Aes256Gcm96) => &[Encrypt, Decrypt],
-            (Self::GcpCkms, Rsa2048 | Rsa3072 | Rsa4096) => &[Decrypt, Sign],
-            (Self::GcpCkms, EcdsaP256 | EcdsaP384) => &[Sign],
-            _ => {
-                return Err(format!(
-                    "key type {key_type} is not supported by the {provider} provider; supported types: {}",
-                    self.supported_types()
-                        .iter()
-                        .map(|t| t.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
+        let Some(allowed) = self.allowed_purposes(key_type) else {
+            return Err(format!(
+                "key type {key_type} is not supported by the {provider} provider; supported types: {}",
+                self.supported_types()
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         };
         if let Some(bad) = purposes.iter().find(|p| !allowed.contains(p)) {
             return Err(format!(
-                "purpose {bad:?} is not supported for {key_type} keys by the {provider} provider; allowed: {}",
+                "purpose {:?} is not supported for {key_type} keys by the {provider} provider; allowed: {}",
+                bad.as_str(),
                 allowed
                     .iter()
                     .map(|p| p.as_str())
@@ -157,7 +172,11 @@ impl ProviderKind {
                     .join(", ")
             ));
         }
-        if self == Self::GcpCkms && purposes.contains(&Decrypt) && purposes.contains(&Sign) {
+        if self == Self::GcpCkms
+            && key_type.is_asymmetric()
+            && purposes.contains(&Purpose::Decrypt)
+            && purposes.contains(&Purpose::Sign)
+        {
             return Err(format!(
                 "the {provider} provider gives an asymmetric key one purpose: \"decrypt\" or \"sign\", not both"
             ));
@@ -168,20 +187,6 @@ impl ProviderKind {
             ));
         }
         Ok(())
-    }
-
-    pub fn supported_types(self) -> Vec<KeyType> {
-        KeyType::ALL
-            .into_iter()
-            .filter(|t| {
-                let probe = if t.is_asymmetric() {
-                    Purpose::Sign
-                } else {
-                    Purpose::Encrypt
-                };
-                self.check_support(*t, &[probe], Protection::Hsm).is_ok()
-            })
-            .collect()
     }
 }
 

@@ -1,0 +1,496 @@
+//! Engine behaviour through the framework, on in-memory storage and the
+//! in-process test provider.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::backend;
+use super::provider::testing::TestProvider;
+use crate::framework::Backend;
+use crate::runtime::backend::LogicalBackend;
+use crate::runtime::proto::pb;
+use crate::runtime::storage::InMemoryStorage;
+
+struct Harness {
+    backend: Backend<super::KeyManagement>,
+    provider: TestProvider,
+    storage: InMemoryStorage,
+}
+
+/// What a request came back as, in HTTP terms.
+#[derive(Debug)]
+enum Outcome {
+    Ok(Value),
+    NoContent,
+    Status(u16, String),
+}
+
+impl Harness {
+    fn new() -> Self {
+        let storage = InMemoryStorage::new();
+        let provider = TestProvider::default();
+        let backend = backend(Arc::new(storage.clone()), Arc::new(provider.clone()));
+        Self {
+            backend,
+            provider,
+            storage,
+        }
+    }
+
+    async fn call(&self, operation: &str, path: &str, data: Value) -> Outcome {
+        let mut operation = operation.to_owned();
+        if operation == "write" {
+            let probe = pb::Request {
+                operation: "update".into(),
+                path: path.into(),
+                data: data.to_string(),
+                ..Default::default()
+            };
+            let check = self.backend.existence_check(probe).await;
+            operation = if check.check_found && !check.exists {
+                "create"
+            } else {
+                "update"
+            }
+            .into();
+        }
+        let request = pb::Request {
+            operation,
+            path: path.into(),
+            data: data.to_string(),
+            ..Default::default()
+        };
+        let reply = self.backend.handle_request(request).await;
+        match (reply.response, reply.err) {
+            (_, Some(err)) => {
+                let status = match err.err_type {
+                    3 => err.err_code as u16,
+                    5 => 405,
+                    6 => 404,
+                    _ => 500,
+                };
+                Outcome::Status(status, err.err_msg)
+            }
+            (Some(resp), None) => {
+                let data: Value = serde_json::from_str(&resp.data).unwrap();
+                match data.get("error").and_then(Value::as_str) {
+                    Some(msg) => Outcome::Status(400, msg.to_owned()),
+                    None => Outcome::Ok(data),
+                }
+            }
+            (None, None) => Outcome::NoContent,
+        }
+    }
+
+    async fn ok(&self, op: &str, path: &str, data: Value) -> Value {
+        match self.call(op, path, data).await {
+            Outcome::Ok(v) => v,
+            Outcome::NoContent => Value::Null,
+            other => panic!("{op} {path}: {other:?}"),
+        }
+    }
+
+    async fn status(&self, op: &str, path: &str, data: Value) -> (u16, String) {
+        match self.call(op, path, data).await {
+            Outcome::Status(s, m) => (s, m),
+            other => panic!("{op} {path}: expected an error, got {other:?}"),
+        }
+    }
+
+    async fn azure_with(&self, key: &str, key_type: &str) {
+        self.ok("write", &format!("key/{key}"), json!({"type": key_type}))
+            .await;
+        self.ok(
+            "write",
+            "kms/az",
+            json!({"provider": "azurekeyvault", "key_collection": "vault1"}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn key_create_read_update_and_rules() {
+    let h = Harness::new();
+    h.ok("write", "key/k", json!({"type": "ecdsa-p256"})).await;
+    let read = h.ok("read", "key/k", Value::Null).await;
+    assert_eq!(read["name"], "k");
+    assert_eq!(read["type"], "ecdsa-p256");
+    assert_eq!(read["latest_version"], 1);
+    assert_eq!(read["min_enabled_version"], 1);
+    assert_eq!(read["deletion_allowed"], false);
+    let pem = read["versions"]["1"]["public_key"].as_str().unwrap();
+    assert!(
+        pem.starts_with("-----BEGIN PUBLIC KEY-----\n")
+            && pem.ends_with("-----END PUBLIC KEY-----\n")
+    );
+
+    // Default type, CLI string coercion, and ranges.
+    h.ok("write", "key/d", Value::Null).await;
+    assert_eq!(h.ok("read", "key/d", Value::Null).await["type"], "rsa-2048");
+    let (status, msg) = h
+        .status("write", "key/k", json!({"min_enabled_version": "2"}))
+        .await;
+    assert_eq!(status, 400);
+    assert!(msg.contains("min_enabled_version"), "{msg}");
+    let (status, msg) = h
+        .status("write", "key/k", json!({"type": "rsa-2048"}))
+        .await;
+    assert_eq!((status, msg.contains("cannot be changed")), (400, true));
+    let (status, msg) = h.status("write", "key/x", json!({"type": "nope"})).await;
+    assert!(
+        status == 400 && msg.contains("unsupported key type"),
+        "{msg}"
+    );
+    assert!(matches!(
+        h.call("read", "key/x", Value::Null).await,
+        Outcome::NoContent
+    ));
+
+    // Deletion needs deletion_allowed.
+    let (status, msg) = h.status("delete", "key/k", Value::Null).await;
+    assert!(status == 400 && msg.contains("deletion_allowed"), "{msg}");
+    h.ok("write", "key/k", json!({"deletion_allowed": "true"}))
+        .await;
+    h.ok("delete", "key/k", Value::Null).await;
+    assert!(matches!(
+        h.call("read", "key/k", Value::Null).await,
+        Outcome::NoContent
+    ));
+    assert_eq!(
+        h.status("write", "key/k/rotate", Value::Null).await,
+        (404, "key \"k\" not found".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn min_enabled_version_hides_versions_and_zero_means_all() {
+    let h = Harness::new();
+    h.ok("write", "key/k", json!({"type": "aes256-gcm96"}))
+        .await;
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    h.ok("write", "key/k", json!({"min_enabled_version": 2}))
+        .await;
+    let read = h.ok("read", "key/k", Value::Null).await;
+    let versions: Vec<&String> = read["versions"].as_object().unwrap().keys().collect();
+    assert_eq!(versions, ["2", "3"]);
+    assert!(read["versions"]["2"].get("public_key").is_none());
+    h.ok("write", "key/k", json!({"min_enabled_version": 0}))
+        .await;
+    let read = h.ok("read", "key/k", Value::Null).await;
+    assert_eq!(read["min_enabled_version"], 1);
+    assert_eq!(read["versions"].as_object().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_rotations_lose_nothing() {
+    let h = Arc::new(Harness::new());
+    h.ok("write", "key/k", json!({"type": "ecdsa-p256"})).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.ok("write", "key/k/rotate", Value::Null).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let read = h.ok("read", "key/k", Value::Null).await;
+    assert_eq!(read["latest_version"], 21);
+    let versions = read["versions"].as_object().unwrap();
+    assert_eq!(versions.len(), 21);
+    let keys: std::collections::HashSet<&str> = versions
+        .values()
+        .map(|v| v["public_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 21, "every version has its own material");
+}
+
+#[tokio::test]
+async fn ten_thousand_keys_list_and_a_hundred_versions_read() {
+    let h = Harness::new();
+    for i in 0..10_000 {
+        h.ok(
+            "write",
+            &format!("key/k{i:05}"),
+            json!({"type": "aes256-gcm96"}),
+        )
+        .await;
+    }
+    let listed = h.ok("list", "key/", Value::Null).await;
+    let names = listed["keys"].as_array().unwrap();
+    assert_eq!(names.len(), 10_000);
+    assert_eq!(names[0], "k00000");
+    assert_eq!(names[9_999], "k09999");
+    for _ in 0..99 {
+        h.ok("write", "key/k00042/rotate", Value::Null).await;
+    }
+    let read = h.ok("read", "key/k00042", Value::Null).await;
+    assert_eq!(read["latest_version"], 100);
+    assert_eq!(read["versions"].as_object().unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn providers_are_immutable_and_credentials_write_only() {
+    let h = Harness::new();
+    h.ok(
+        "write",
+        "kms/az",
+        json!({"provider": "azurekeyvault", "key_collection": "vault1",
+               "credentials": ["client_id=a", "client_secret=s3cr3t", "tenant_id=t"]}),
+    )
+    .await;
+    let read = h.ok("read", "kms/az", Value::Null).await;
+    assert_eq!(
+        read,
+        json!({"provider": "azurekeyvault", "key_collection": "vault1"})
+    );
+    let (status, msg) = h
+        .status("write", "kms/az", json!({"provider": "awskms"}))
+        .await;
+    assert!(
+        status == 400 && msg.contains("provider cannot be changed"),
+        "{msg}"
+    );
+    let (status, msg) = h
+        .status("write", "kms/az", json!({"key_collection": "other"}))
+        .await;
+    assert!(status == 400 && msg.contains("key_collection"), "{msg}");
+    let (status, msg) = h
+        .status(
+            "write",
+            "kms/az",
+            json!({"credentials": {"password": "hunter2"}}),
+        )
+        .await;
+    assert!(
+        status == 400 && msg.contains("credentials") && !msg.contains("hunter2"),
+        "{msg}"
+    );
+    let (status, msg) = h
+        .status("write", "kms/new", json!({"key_collection": "x"}))
+        .await;
+    assert!(status == 400 && msg.contains("\"provider\""), "{msg}");
+    let (status, msg) = h
+        .status(
+            "write",
+            "kms/new",
+            json!({"provider": "vaultkms", "key_collection": "x"}),
+        )
+        .await;
+    assert!(
+        status == 400 && msg.contains("unsupported provider"),
+        "{msg}"
+    );
+    // The stored record holds the credentials; only reads hide them.
+    let stored = h.storage_text("kms/az").await;
+    assert!(stored.contains("s3cr3t"));
+    assert_eq!(
+        h.ok("list", "kms/", Value::Null).await["keys"],
+        json!(["az"])
+    );
+}
+
+impl Harness {
+    async fn storage_text(&self, key: &str) -> String {
+        use crate::runtime::storage::Storage;
+        let entry = self.storage.get(key).await.unwrap().unwrap();
+        String::from_utf8(entry.value.to_vec()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn distribution_lifecycle_reaches_the_provider() {
+    let h = Harness::new();
+    h.azure_with("k", "rsa-2048").await;
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    h.ok(
+        "write",
+        "kms/az/key/k",
+        json!({"purpose": "encrypt,decrypt", "protection": "hsm"}),
+    )
+    .await;
+
+    let read = h.ok("read", "kms/az/key/k", Value::Null).await;
+    let name = read["name"].as_str().unwrap().to_owned();
+    assert!(
+        name.starts_with("k-") && name[2..].parse::<i64>().is_ok(),
+        "{name}"
+    );
+    assert_eq!(read["purpose"], "decrypt,encrypt");
+    assert_eq!(read["protection"], "hsm");
+    assert!(read["distribution_time"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        read["versions"],
+        json!({"1": format!("{name}-v1"), "2": format!("{name}-v2")})
+    );
+    {
+        let key = h.ok("read", "key/k", Value::Null).await;
+        let state = h.provider.state();
+        let imported = &state.keys[&name];
+        for (i, v) in imported.iter().enumerate() {
+            assert_eq!(
+                v.public_key.as_deref(),
+                key["versions"][(i + 1).to_string()]["public_key"].as_str()
+            );
+        }
+    }
+    assert_eq!(
+        h.ok("list", "key/k/kms/", Value::Null).await["keys"],
+        json!(["az"])
+    );
+    assert_eq!(
+        h.ok("list", "kms/az/key/", Value::Null).await["keys"],
+        json!(["k"])
+    );
+
+    // Rotation and min_enabled_version are pushed.
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    h.ok("write", "key/k", json!({"min_enabled_version": 3}))
+        .await;
+    {
+        let state = h.provider.state();
+        let enabled: Vec<bool> = state.keys[&name].iter().map(|v| v.enabled).collect();
+        assert_eq!(enabled, [false, false, true]);
+    }
+    // Fixed purpose and protection, deletion rules.
+    let (status, msg) = h
+        .status("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    assert!(
+        status == 400 && msg.contains("purpose cannot be changed"),
+        "{msg}"
+    );
+    let (status, _) = h
+        .status("write", "kms/az/key/k", json!({"protection": "software"}))
+        .await;
+    assert_eq!(status, 400);
+    h.ok("write", "key/k", json!({"deletion_allowed": true}))
+        .await;
+    let (status, msg) = h.status("delete", "key/k", Value::Null).await;
+    assert!(status == 400 && msg.contains("still distributed"), "{msg}");
+    let (status, msg) = h.status("delete", "kms/az", Value::Null).await;
+    assert!(status == 400 && msg.contains("still has keys"), "{msg}");
+
+    // Removal deletes it in the provider; the key can be distributed again.
+    h.ok("delete", "kms/az/key/k", Value::Null).await;
+    assert_eq!(h.provider.state().removed, vec![name.clone()]);
+    assert!(matches!(
+        h.call("read", "kms/az/key/k", Value::Null).await,
+        Outcome::NoContent
+    ));
+    assert!(matches!(
+        h.call("list", "key/k/kms/", Value::Null).await,
+        Outcome::NoContent
+    ));
+    h.ok(
+        "write",
+        "kms/az/key/k",
+        json!({"purpose": ["sign", "verify"]}),
+    )
+    .await;
+    h.ok("delete", "kms/az/key/k", Value::Null).await;
+    h.ok("delete", "kms/az", Value::Null).await;
+    h.ok("delete", "key/k", Value::Null).await;
+}
+
+#[tokio::test]
+async fn matrix_is_checked_before_any_provider_call() {
+    let h = Harness::new();
+    h.azure_with("aes", "aes256-gcm96").await;
+    let (status, msg) = h
+        .status("write", "kms/az/key/aes", json!({"purpose": "encrypt"}))
+        .await;
+    assert!(
+        status == 400 && msg.contains("not supported by the azurekeyvault provider"),
+        "{msg}"
+    );
+    h.ok("write", "key/r", json!({"type": "rsa-2048"})).await;
+    let (status, msg) = h
+        .status(
+            "write",
+            "kms/az/key/r",
+            json!({"purpose": "encrypt,launch"}),
+        )
+        .await;
+    assert!(status == 400 && msg.contains("purpose"), "{msg}");
+    let (status, _) = h
+        .status(
+            "write",
+            "kms/az/key/r",
+            json!({"purpose": "encrypt", "protection": "cloud"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = h.status("write", "kms/az/key/r", json!({})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        h.status("write", "kms/az/key/nokey", json!({"purpose": "sign"}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        h.status("write", "kms/nokms/key/r", json!({"purpose": "sign"}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(h.provider.state().connects, 0, "no provider was contacted");
+    assert!(matches!(
+        h.call("read", "kms/az/key/aes", Value::Null).await,
+        Outcome::NoContent
+    ));
+}
+
+#[tokio::test]
+async fn a_failed_distribution_resumes_without_duplicates() {
+    let h = Harness::new();
+    h.azure_with("k", "ecdsa-p256").await;
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    // The first import fails.
+    h.provider.state().fail_imports = 1;
+    let (status, msg) = h
+        .status("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    assert_eq!(status, 502, "{msg}");
+    assert!(msg.contains("repeat the request"), "{msg}");
+    let partial = h.ok("read", "kms/az/key/k", Value::Null).await;
+    assert_eq!(partial["versions"].as_object().unwrap().len(), 0);
+    // Repeating (purpose may be omitted now) completes the work.
+    h.ok("write", "kms/az/key/k", Value::Null).await;
+    let done = h.ok("read", "kms/az/key/k", Value::Null).await;
+    assert_eq!(done["versions"].as_object().unwrap().len(), 3);
+    let name = done["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.provider.state().keys[&name].len(),
+        3,
+        "no duplicate versions"
+    );
+
+    // A rotation whose import fails is kept in Vault and retried later.
+    h.provider.state().fail_imports = 1;
+    let (status, msg) = h.status("write", "key/k/rotate", Value::Null).await;
+    assert!(
+        status == 502 && msg.contains("rotated to version 4"),
+        "{msg}"
+    );
+    assert_eq!(
+        h.ok("read", "key/k", Value::Null).await["latest_version"],
+        4
+    );
+    h.ok("write", "kms/az/key/k", Value::Null).await;
+    assert_eq!(h.provider.state().keys[&name].len(), 4);
+
+    // A failed removal keeps the record so it can be retried.
+    h.provider.state().fail_remove = 1;
+    assert_eq!(h.status("delete", "kms/az/key/k", Value::Null).await.0, 502);
+    assert!(matches!(
+        h.call("read", "kms/az/key/k", Value::Null).await,
+        Outcome::Ok(_)
+    ));
+    h.ok("delete", "kms/az/key/k", Value::Null).await;
+}
