@@ -106,6 +106,13 @@ class BaoServer:
             "BAO_TOKEN": self.token,
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
+        # Host and plugin put their Unix sockets in TMPDIR; keep those (and any a
+        # SIGKILLed plugin leaves behind) in tmp, unless that would overflow
+        # sun_path (108 bytes) for names like plugin1234567890.
+        run_dir = self.tmp / "run"
+        if len(str(run_dir)) <= 80:
+            run_dir.mkdir(exist_ok=True)
+            self.env["TMPDIR"] = str(run_dir)
         config = self.tmp / "extra.hcl"
         config.write_text(f'plugin_directory = "{self.plugin_dir}"\nlog_level = "debug"\n')
         with open(self.log_path, "wb") as log:

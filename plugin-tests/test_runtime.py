@@ -175,6 +175,7 @@ def test_handshake_line_and_socket_cleanup(tmp_path: Path) -> None:
         assert match, f"bad handshake line: {line!r}"
         sock = Path(match.group(1))
         assert stat.S_ISSOCK(sock.stat().st_mode)
+        assert sock.parent == tmp_path, "socket not in TMPDIR, where go-plugin puts it"
     finally:
         stop_process(proc)
     stdout, stderr = proc.communicate()
