@@ -276,13 +276,17 @@ impl ProviderConnector for CloudConnector {
         &self,
         config: &ProviderConfig,
     ) -> Result<std::sync::Arc<dyn KmsProvider>, ProviderError> {
-        Err(ProviderError::Config(format!(
-            "distribution to {} is not available in this build yet",
-            config.kind.as_str()
-        )))
+        match config.kind {
+            ProviderKind::AzureKeyVault => azure::connect(config),
+            _ => Err(ProviderError::Config(format!(
+                "distribution to {} is not available in this build yet",
+                config.kind.as_str()
+            ))),
+        }
     }
 }
 
+pub mod azure;
 #[cfg(test)]
 pub mod testing;
 

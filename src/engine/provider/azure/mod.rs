@@ -1,0 +1,396 @@
+//! The `azurekeyvault` provider: distribution into Azure Key Vault and
+//! Managed HSM through the official Azure SDK crates.
+//!
+//! Mapping (keymgmt-api reference §5.1): the Azure key is named
+//! `target.name` (`<key>-<unix seconds>`); every Vault version is imported
+//! with `PUT /keys/{name}` and becomes one Azure key version, the newest
+//! being current; `min_enabled_version` is `PATCH attributes.enabled` per
+//! version; removal is `DELETE /keys/{name}` (soft delete).
+//!
+//! `protection=hsm` is Azure BYOK: a fresh RSA-HSM key-exchange key per
+//! import, the PKCS#8 private key wrapped under it with
+//! `CKM_RSA_AES_KEY_WRAP` (RSA-OAEP-SHA1), sent as `key_hsm`, then the KEK
+//! deleted whatever happened. `protection=software` sends the plain JWK
+//! over TLS with `Hsm: false`.
+//!
+//! Repeating an import is safe: each Azure version is tagged
+//! `vault_version=<n>`, and before every import attempt the key's current
+//! version is read; if it carries the tag and our public key, a previous
+//! attempt succeeded without us hearing back and its id is returned. The
+//! current version suffices because the engine imports versions in order
+//! and records each before the next. (Listing versions would need the
+//! `list` permission, which Vault's documented permission set lacks.)
+
+mod auth;
+mod byok;
+mod client;
+pub mod config;
+mod retry;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use azure_core::error::{Error as AzureError, ErrorKind};
+use azure_core::http::{RequestContent, StatusCode};
+use azure_security_keyvault_keys::models::{ImportKeyParameters, Key};
+use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
+use bytes::Bytes;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{KmsProvider, Protection, ProviderConfig, ProviderError, Target, VersionState};
+use crate::engine::material::KeyMaterial;
+use client::{KeyVault, Op};
+use config::Settings;
+
+/// The Key Vault REST api-version: 7.6 is the version whose specification
+/// the implementation and its test fake follow.
+pub const API_VERSION: &str = "7.6";
+
+/// Longest Azure key name.
+const MAX_NAME_LEN: usize = 127;
+
+/// Builds the provider for a stored configuration; called once per
+/// provider and cached by the engine.
+pub fn connect(config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, ProviderError> {
+    let settings = Settings::resolve(config, &config::process_env)?;
+    let http = auth::http_client(&settings)?;
+    let credential = auth::credential(&settings, &http)?;
+    let options = KeyClientOptions {
+        api_version: API_VERSION.to_owned(),
+        client_options: auth::client_options(&http),
+        // A redirected endpoint cannot match the challenge's resource host.
+        verify_challenge_resource: Some(!settings.endpoint_overridden),
+    };
+    let client = KeyClient::new(settings.endpoint.as_str(), credential, Some(options))
+        .map_err(|e| ProviderError::Config(format!("Azure Key Vault client: {e}")))?;
+    Ok(Arc::new(AzureKeyVault {
+        vault: KeyVault::new(client, retry::RetryPolicy::with_base(settings.retry_base)),
+    }))
+}
+
+/// One configured `azurekeyvault` provider.
+pub struct AzureKeyVault {
+    vault: KeyVault,
+}
+
+/// Azure key names are `^[0-9a-zA-Z-]{1,127}$`; a Vault key name outside
+/// that cannot be distributed, and saying so beats a 400 from Azure.
+fn check_name(name: &str) -> Result<(), ProviderError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ProviderError::Rejected(format!(
+            "Azure Key Vault key names may contain only letters, digits and hyphens, up to {MAX_NAME_LEN} characters; {name:?} cannot be created there"
+        )))
+    }
+}
+
+/// The Azure version id of `key` if it holds Vault version `version` of
+/// `material` (tag and public key both match).
+fn matching_version(key: &Key, version: u32, material: &KeyMaterial) -> Option<String> {
+    let tag = key.tags.as_ref()?.get(byok::VERSION_TAG)?;
+    let jwk = key.key.as_ref()?;
+    if *tag != version.to_string() || !byok::public_key_matches(material, jwk) {
+        return None;
+    }
+    client::version_of(jwk.kid.as_deref()?).map(str::to_owned)
+}
+
+fn kid_version(key: &Key) -> Result<String, AzureError> {
+    key.key
+        .as_ref()
+        .and_then(|k| k.kid.as_deref())
+        .and_then(client::version_of)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            AzureError::with_message(
+                ErrorKind::DataConversion,
+                "Key Vault returned no versioned key id",
+            )
+        })
+}
+
+/// A request body that may hold private key material: shared with the SDK
+/// as `Bytes` (so retries reuse it without copies) and wiped on drop once
+/// the SDK has let go of it.
+struct SecretBody(Bytes);
+
+impl SecretBody {
+    fn new(mut plain: Zeroizing<Vec<u8>>) -> Self {
+        // Moves the allocation; the emptied Zeroizing has nothing to wipe.
+        Self(Bytes::from(std::mem::take(&mut *plain)))
+    }
+
+    fn content<T>(&self) -> RequestContent<T> {
+        <RequestContent<T> as From<Bytes>>::from(self.0.clone())
+    }
+}
+
+impl Drop for SecretBody {
+    fn drop(&mut self) {
+        wipe(std::mem::take(&mut self.0));
+    }
+}
+
+/// Zeroes `bytes` if this is the last reference; returns whether it did.
+fn wipe(bytes: Bytes) -> bool {
+    match bytes.try_into_mut() {
+        Ok(mut unique) => {
+            unique.as_mut().zeroize();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+impl AzureKeyVault {
+    /// The Azure version already holding Vault `version`, if a previous
+    /// attempt imported it.
+    async fn existing(
+        &self,
+        target: &Target,
+        version: u32,
+        material: &KeyMaterial,
+    ) -> Result<Option<String>, ProviderError> {
+        let vault = &self.vault;
+        let key = vault.call(Op::Get, |_| vault.latest(&target.name)).await?;
+        Ok(key.and_then(|k| matching_version(&k, version, material)))
+    }
+
+    /// Imports `body` under `target.name`, checking before each retry
+    /// whether a lost earlier attempt already succeeded.
+    async fn import_body(
+        &self,
+        target: &Target,
+        version: u32,
+        material: &KeyMaterial,
+        body: &SecretBody,
+    ) -> Result<String, ProviderError> {
+        let vault = &self.vault;
+        let name = target.name.as_str();
+        vault
+            .call_found(Op::Import, &format!("key {name:?}"), |failures| {
+                let content: RequestContent<ImportKeyParameters> = body.content();
+                async move {
+                    if failures > 0 {
+                        match vault.latest(name).await {
+                            Ok(key) => {
+                                if let Some(id) = matching_version(&key, version, material) {
+                                    return Ok(id);
+                                }
+                            }
+                            Err(e) if e.http_status() == Some(StatusCode::NotFound) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    kid_version(&vault.import_key(name, content).await?)
+                }
+            })
+            .await
+    }
+
+    async fn import_software(
+        &self,
+        target: &Target,
+        version: u32,
+        material: &KeyMaterial,
+    ) -> Result<String, ProviderError> {
+        let body = SecretBody::new(byok::software_import_body(target, version, material)?);
+        self.import_body(target, version, material, &body).await
+    }
+
+    /// BYOK: KEK, wrap, import, and the KEK's deletion even on failure.
+    /// Returns the version id and the time spent wrapping.
+    async fn import_hsm(
+        &self,
+        target: &Target,
+        version: u32,
+        material: &KeyMaterial,
+    ) -> Result<(String, std::time::Duration), ProviderError> {
+        let vault = &self.vault;
+        let kek_name = format!("keymgmt-kek-{}", random_hex(16));
+        let now = time::OffsetDateTime::now_utc();
+        let created = vault
+            .call_found(Op::CreateKek, "the key-exchange key", |_| {
+                vault.create_key(&kek_name, byok::kek_parameters(now))
+            })
+            .await;
+        let result = match created {
+            Ok(kek) => self.wrap_and_import(target, version, material, &kek).await,
+            Err(e) => Err(e),
+        };
+        // Deleted whether or not the import worked: a KEK is single-use. A
+        // failed create may still have made it (lost response), so try then
+        // too; 404 is fine.
+        if let Err(e) = vault
+            .call(Op::Delete, |_| vault.delete_key(&kek_name))
+            .await
+        {
+            log::warn!(
+                "azure key vault: could not delete key-exchange key {kek_name} in {} (it expires within a day; delete it by hand): {e}",
+                vault.vault
+            );
+        }
+        result
+    }
+
+    async fn wrap_and_import(
+        &self,
+        target: &Target,
+        version: u32,
+        material: &KeyMaterial,
+        kek: &Key,
+    ) -> Result<(String, std::time::Duration), ProviderError> {
+        let jwk = kek.key.as_ref();
+        let (Some(kid), Some(n), Some(e)) = (
+            jwk.and_then(|k| k.kid.clone()),
+            jwk.and_then(|k| k.n.clone()),
+            jwk.and_then(|k| k.e.clone()),
+        ) else {
+            return Err(ProviderError::Rejected(
+                "Azure returned a key-exchange key without kid, n or e".into(),
+            ));
+        };
+        let kek = byok::Kek { kid, n, e };
+        let wrap_started = Instant::now();
+        let blob = byok::transfer_blob(&kek, material)?;
+        let parameters = byok::hsm_import(target, version, material, blob)?;
+        let wrap_time = wrap_started.elapsed();
+        // Ciphertext only, but one buffer keeps retries copy-free.
+        let body = serde_json::to_vec(&parameters).map_err(|e| {
+            ProviderError::Rejected(format!("encoding the import request failed: {e}"))
+        })?;
+        let body = SecretBody::new(Zeroizing::new(body));
+        let id = self.import_body(target, version, material, &body).await?;
+        Ok((id, wrap_time))
+    }
+}
+
+#[async_trait::async_trait]
+impl KmsProvider for AzureKeyVault {
+    async fn import_version(
+        &self,
+        target: &Target,
+        version: u32,
+        material: &KeyMaterial,
+    ) -> Result<String, ProviderError> {
+        check_name(&target.name)?;
+        byok::azure_kty(material, target.protection)?;
+        let started = Instant::now();
+        if let Some(id) = self.existing(target, version, material).await? {
+            log::info!(
+                "azure key vault: version {version} of {} is already in {} as {id}; recording it",
+                target.name,
+                self.vault.vault
+            );
+            return Ok(id);
+        }
+        let (id, wrap) = match target.protection {
+            Protection::Software => (
+                self.import_software(target, version, material).await?,
+                std::time::Duration::ZERO,
+            ),
+            Protection::Hsm => self.import_hsm(target, version, material).await?,
+        };
+        let total = started.elapsed();
+        log::info!(
+            key = target.name.as_str(),
+            version = version,
+            azure_version = id.as_str(),
+            protection = target.protection.as_str(),
+            wrap_us = wrap.as_micros(),
+            total_us = total.as_micros();
+            "azure key vault: imported version {version} of {} into {}",
+            target.name,
+            self.vault.vault
+        );
+        Ok(id)
+    }
+
+    async fn set_enabled(
+        &self,
+        target: &Target,
+        versions: &[VersionState],
+    ) -> Result<(), ProviderError> {
+        check_name(&target.name)?;
+        let vault = &self.vault;
+        for state in versions {
+            vault
+                .call_found(
+                    Op::Update,
+                    &format!(
+                        "version {} ({}) of key {:?}",
+                        state.version, state.provider_id, target.name
+                    ),
+                    |_| vault.set_enabled(&target.name, &state.provider_id, state.enabled),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(
+        &self,
+        target: &Target,
+        _versions: &[VersionState],
+    ) -> Result<(), ProviderError> {
+        check_name(&target.name)?;
+        let vault = &self.vault;
+        // 404: already deleted (e.g. a repeat after a lost response).
+        vault
+            .call(Op::Delete, |_| vault.delete_key(&target.name))
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names() {
+        assert!(check_name("example-key-1700000000").is_ok());
+        assert!(check_name(&"a".repeat(127)).is_ok());
+        assert!(check_name(&"a".repeat(128)).is_err());
+        let err = check_name("my_key-1700000000").unwrap_err();
+        assert!(
+            err.to_string().contains("only letters, digits and hyphens"),
+            "{err}"
+        );
+        assert!(check_name("").is_err());
+    }
+
+    #[test]
+    fn secret_bodies_are_wiped_once_unshared() {
+        let body = SecretBody::new(Zeroizing::new(b"{\"d\":\"secret\"}".to_vec()));
+        let content: RequestContent<ImportKeyParameters> = body.content();
+        drop(content);
+        let shared = Bytes::from(b"secret".to_vec());
+        let other = shared.clone();
+        assert!(!wipe(shared), "a shared buffer cannot be wiped");
+        assert!(wipe(other), "the last reference is wiped");
+        drop(body);
+    }
+
+    #[test]
+    fn connect_reads_the_configuration() {
+        use crate::framework::Secret;
+        let config = ProviderConfig {
+            kind: super::super::ProviderKind::AzureKeyVault,
+            key_collection: "bad_name".into(),
+            credentials: [("tenant_id".to_owned(), Secret::new("t".into()))].into(),
+        };
+        let err = connect(&config).err().unwrap();
+        assert!(err.to_string().contains("key_collection"), "{err}");
+    }
+}
