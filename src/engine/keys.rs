@@ -1,6 +1,6 @@
 //! Keys and their versions: the model, its storage form, and a cache.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -166,9 +166,15 @@ struct StoredVersion {
 
 /// Keys in storage, with a read cache. Writers must hold the key's lock
 /// (see [`super::locks::NamedLocks`]) across read-modify-write.
+///
+/// Both caches follow Vault's model: this mount is the only writer of its
+/// storage, and changes made elsewhere (replication) arrive as
+/// `InvalidateKey`, which drops what they could have made stale.
 pub struct KeyStore {
     storage: Arc<dyn Storage>,
     cache: RwLock<HashMap<String, Arc<Key>>>,
+    /// The sorted key names, loaded by the first list.
+    names: RwLock<Option<BTreeSet<String>>>,
 }
 
 impl KeyStore {
@@ -176,6 +182,7 @@ impl KeyStore {
         Self {
             storage,
             cache: RwLock::default(),
+            names: RwLock::default(),
         }
     }
 
@@ -231,17 +238,29 @@ impl KeyStore {
     pub async fn delete(&self, name: &str) -> Result<(), Error> {
         self.storage.delete(&format!("{KEY_PREFIX}{name}")).await?;
         self.cache.write().await.remove(name);
+        if let Some(names) = self.names.write().await.as_mut() {
+            names.remove(name);
+        }
         Ok(())
     }
 
+    /// Key names, sorted.
     pub async fn list(&self) -> Result<Vec<String>, Error> {
-        Ok(self.storage.list(KEY_PREFIX).await?)
+        if let Some(names) = self.names.read().await.as_ref() {
+            return Ok(names.iter().cloned().collect());
+        }
+        let mut names = self.names.write().await;
+        let loaded: BTreeSet<String> = self.storage.list(KEY_PREFIX).await?.into_iter().collect();
+        let listed = loaded.iter().cloned().collect();
+        *names = Some(loaded);
+        Ok(listed)
     }
 
     /// Drops the cached copy of a storage key, if it is a key record.
     pub async fn invalidate(&self, storage_key: &str) {
         if let Some(name) = storage_key.strip_prefix(KEY_PREFIX) {
             self.cache.write().await.remove(name);
+            *self.names.write().await = None;
         }
     }
 }
@@ -284,11 +303,14 @@ mod tests {
                 written.versions[&n].public_key
             );
         }
-        // Invalidation drops the cache so a changed record is re-read.
+        // Invalidation drops the caches so a changed record is re-read.
+        assert_eq!(store.list().await.unwrap(), ["k"]);
         storage.delete("key/k").await.unwrap();
         assert!(store.get("k").await.unwrap().is_some());
+        assert_eq!(store.list().await.unwrap(), ["k"]);
         store.invalidate("key/k").await;
         assert!(store.get("k").await.unwrap().is_none());
+        assert!(store.list().await.unwrap().is_empty());
         let err = store.require("k").await.err().unwrap();
         assert_eq!(err, Error::not_found("key \"k\" not found"));
     }
