@@ -88,7 +88,10 @@ class BaoServer:
 
     running: set[BaoServer] = set()
 
-    def __init__(self, tmp: Path, port: int | None = None) -> None:
+    def __init__(
+        self, tmp: Path, port: int | None = None, env: dict[str, str | None] | None = None
+    ) -> None:
+        """`env` adds variables to the server's (and so the plugin's) environment; None removes one."""
         self.tmp = Path(tmp).resolve()
         # The host refuses a plugin_directory that is a symlink.
         self.plugin_dir = self.tmp / "plugins"
@@ -113,6 +116,11 @@ class BaoServer:
         if len(str(run_dir)) <= 80:
             run_dir.mkdir(exist_ok=True)
             self.env["TMPDIR"] = str(run_dir)
+        for name, value in (env or {}).items():
+            if value is None:
+                self.env.pop(name, None)
+            else:
+                self.env[name] = value
         config = self.tmp / "extra.hcl"
         config.write_text(f'plugin_directory = "{self.plugin_dir}"\nlog_level = "debug"\n')
         with open(self.log_path, "wb") as log:

@@ -1,0 +1,548 @@
+"""The azurekeyvault provider under a real OpenBao server, against the HTTPS Azure fake.
+
+The plugin finds the fake through the environment variables it documents
+(the server's environment is the plugin's under OpenBao): the Key Vault
+endpoint, the Entra ID authority, the IMDS endpoint and the fake's CA. The
+fake validates every request against the keys-7.6 spec and unwraps every
+BYOK blob with `cryptography`, so "the fake holds Vault's key" is proven
+independently of the plugin's Rust code.
+
+After the module, the server logs (plugin stderr included) are searched for
+every credential, token and private key the suite used.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from fakes import AzureKeyVaultFake, FakeKeyVault, KeyVersion
+from fakes.httpserver import Response
+from harness import (
+    MOUNT,
+    PLUGIN_NAME,
+    BaoServer,
+    CliError,
+    cli,
+    install_plugin,
+    kill_plugins,
+    plugin_version,
+    require_plugin_binary,
+)
+
+# The credentials of keymgmt-docs-page.txt step 2, so that step runs verbatim.
+DOC_TENANT = "cd4bf224-d114-4f96-9bbc-b8f45751c43f"
+DOC_CLIENT = "a0454cd1-e28e-405e-bc50-7477fa8a00b7"
+DOC_SECRET = "eR%HizuCVEpAKgeaUEx"
+
+RSA_TYPES = ["rsa-2048", "rsa-3072", "rsa-4096"]
+EC_TYPES = ["ecdsa-p256", "ecdsa-p384", "ecdsa-p521"]
+KEY_OPS = {"encrypt": "encrypt", "decrypt": "decrypt", "sign": "sign", "verify": "verify",
+           "wrap": "wrapKey", "unwrap": "unwrapKey"}
+
+SERVERS: list[BaoServer] = []
+
+
+# -- fixtures ------------------------------------------------------------------
+
+
+def fake_env(fake: AzureKeyVaultFake, **extra: str | None) -> dict[str, str | None]:
+    """The documented overrides pointing the plugin at the fake, minus any real AZURE_* setup."""
+    return {
+        "KEYMGMT_AZURE_KEYVAULT_ENDPOINT": fake.vault_url,
+        "AZURE_AUTHORITY_HOST": fake.authority_url,
+        "KEYMGMT_AZURE_IMDS_ENDPOINT": fake.imds_url,
+        "KEYMGMT_AZURE_CA_FILE": fake.ca_pem_path,
+        # Fast backoff so fault-injection tests stay quick; Retry-After still rules.
+        "KEYMGMT_AZURE_RETRY_BASE_MS": "50",
+        "AZURE_TENANT_ID": None,
+        "AZURE_CLIENT_ID": None,
+        "AZURE_CLIENT_SECRET": None,
+        "AZURE_ENVIRONMENT": None,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[AzureKeyVaultFake]:
+    with FakeKeyVault(tenant_id=DOC_TENANT, client_id=DOC_CLIENT, client_secret=DOC_SECRET) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def start_server(
+    fake: AzureKeyVaultFake, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., BaoServer]]:
+    """Servers whose plugin talks to the fake; `mount=False` leaves keymgmt registered only."""
+    started: list[BaoServer] = []
+
+    def start(mount: bool = True, **extra_env: str | None) -> BaoServer:
+        srv = BaoServer(tmp_path_factory.mktemp("azure"), env=fake_env(fake, **extra_env))
+        started.append(srv)
+        SERVERS.append(srv)
+        if mount:
+            install_plugin(srv)
+        else:
+            register_plugin(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+        kill_plugins(srv)
+
+
+@pytest.fixture(scope="module")
+def server(start_server: Callable[..., BaoServer]) -> BaoServer:
+    return start_server()
+
+
+@pytest.fixture
+def kms(server: BaoServer, fake: AzureKeyVaultFake) -> str:
+    """A fresh azurekeyvault provider on the shared server."""
+    name = f"az-{time.monotonic_ns() % 10**9}"
+    configure_kms(server, fake, name)
+    return name
+
+
+_counter = iter(range(10**6))
+
+
+@pytest.fixture
+def key() -> str:
+    return f"key{next(_counter)}-{time.monotonic_ns() % 10**6}"
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def register_plugin(server: BaoServer) -> None:
+    """Copy and register the plugin without enabling it (step 1 enables it verbatim)."""
+    target = server.plugin_dir / PLUGIN_NAME
+    shutil.copy2(require_plugin_binary(), target)
+    sha256 = hashlib.sha256(target.read_bytes()).hexdigest()
+    cli(server, "plugin", "register", f"-sha256={sha256}", f"-command={PLUGIN_NAME}",
+        f"-version={plugin_version()}", "secret", MOUNT)
+
+
+def configure_kms(server: BaoServer, fake: AzureKeyVaultFake, name: str, **credentials: str) -> None:
+    creds = credentials or fake.credentials
+    cli(server, "write", f"keymgmt/kms/{name}", "provider=azurekeyvault", "key_collection=keyvault-name",
+        *[f"credentials={k}={v}" for k, v in creds.items()])
+
+
+def read_json(server: BaoServer, path: str) -> dict[str, Any]:
+    return json.loads(cli(server, "read", "-format=json", path).stdout)["data"]
+
+
+def vault_public_keys(server: BaoServer, key: str) -> dict[int, str]:
+    """Vault's public key PEM per (visible) version."""
+    versions = read_json(server, f"keymgmt/key/{key}")["versions"]
+    return {int(v): body["public_key"] for v, body in versions.items()}
+
+
+def public_numbers(pem: str) -> Any:
+    public = serialization.load_pem_public_key(pem.encode())
+    assert isinstance(public, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey))
+    return public.public_numbers()
+
+
+def distribution(server: BaoServer, kms: str, key: str) -> dict[str, Any]:
+    return read_json(server, f"keymgmt/kms/{kms}/key/{key}")
+
+
+def distribute(server: BaoServer, kms: str, key: str, purpose: str, protection: str,
+               check: bool = True) -> Any:
+    return cli(server, "write", f"keymgmt/kms/{kms}/key/{key}", f"purpose={purpose}",
+               f"protection={protection}", check=check)
+
+
+def assert_fake_matches(
+    fake: AzureKeyVaultFake, server: BaoServer, kms: str, key: str,
+    publics: dict[int, str], *, protection: str, purposes: set[str], min_enabled: int = 1,
+) -> list[KeyVersion]:
+    """Every Vault version is exactly one Azure version, holding Vault's key, in order."""
+    record = distribution(server, kms, key)
+    name = record["name"]
+    assert re.fullmatch(re.escape(key) + r"-\d{10}", name), name
+    assert name in fake.keys()
+    stored = fake.versions(name)
+    recorded = {int(v): azure for v, azure in record["versions"].items()}
+    assert sorted(recorded) == sorted(publics), (recorded, sorted(publics))
+    assert [v.version for v in stored] == [recorded[v] for v in sorted(recorded)], "one Azure version per Vault version"
+    family = "RSA" if all(isinstance(v.private_key, rsa.RSAPrivateKey) for v in stored) else "EC"
+    for vault_version, azure in zip(sorted(recorded), stored):
+        assert azure.private_key.public_key().public_numbers() == public_numbers(publics[vault_version])
+        assert azure.tags == {"vault_version": str(vault_version)}
+        assert azure.kty == (f"{family}-HSM" if protection == "hsm" else family)
+        assert azure.origin == ("byok" if protection == "hsm" else "software")
+        assert set(azure.key_ops) == {KEY_OPS[p] for p in purposes}
+        assert azure.enabled == (vault_version >= min_enabled), vault_version
+    assert fake.kek_count_alive() == 0, "key-exchange keys are deleted"
+    return stored
+
+
+def vault_requests(fake: AzureKeyVaultFake) -> list[Any]:
+    return [r for r in fake.requests if r.service == "vault"]
+
+
+# -- the documented sequence, verbatim -------------------------------------------
+
+
+def test_documented_sequence(start_server: Callable[..., BaoServer], fake: AzureKeyVaultFake) -> None:
+    server = start_server(mount=False)
+    vault = lambda *args: cli(server, *args)  # noqa: E731
+
+    # Setup 1.
+    out = vault("secrets", "enable", "keymgmt")
+    assert out.stdout.strip() == "Success! Enabled the keymgmt secrets engine at: keymgmt/"
+
+    # Usage 1: no call to Azure for a general-purpose key.
+    before = len(fake.requests)
+    out = vault("write", "-f", "keymgmt/key/example-key", "type=rsa-2048")
+    assert out.stdout.strip() == "Success! Data written to: keymgmt/key/example-key"
+    assert len(fake.requests) == before
+
+    # Usage 2, with the page's credentials (the fake was made with them).
+    vault("write", "keymgmt/kms/example-kms",
+          "provider=azurekeyvault",
+          "key_collection=keyvault-name",
+          "credentials=client_id=a0454cd1-e28e-405e-bc50-7477fa8a00b7",
+          "credentials=client_secret=eR%HizuCVEpAKgeaUEx",
+          "credentials=tenant_id=cd4bf224-d114-4f96-9bbc-b8f45751c43f")
+    shown = vault("read", "keymgmt/kms/example-kms").stdout
+    for secret in (DOC_SECRET, DOC_CLIENT, DOC_TENANT):
+        assert secret not in shown
+    assert len(fake.requests) == before
+
+    # Usage 3.
+    vault("write", "keymgmt/kms/example-kms/key/example-key", "purpose=encrypt,decrypt", "protection=hsm")
+    publics = vault_public_keys(server, "example-key")
+    assert list(publics) == [1]
+    record = distribution(server, "example-kms", "example-key")
+    assert (record["purpose"], record["protection"]) == ("decrypt,encrypt", "hsm")
+    assert_fake_matches(fake, server, "example-kms", "example-key", publics,
+                        protection="hsm", purposes={"encrypt", "decrypt"})
+
+    # Usage 4: the new version is imported and current.
+    vault("write", "-f", "keymgmt/key/example-key/rotate")
+    publics = vault_public_keys(server, "example-key")
+    assert list(publics) == [1, 2]
+    stored = assert_fake_matches(fake, server, "example-kms", "example-key", publics,
+                                 protection="hsm", purposes={"encrypt", "decrypt"})
+    name = record["name"]
+    assert fake.current_version(name).version == stored[1].version
+    assert fake.current_version(name).private_key.public_key().public_numbers() == public_numbers(publics[2])
+
+    # Usage 5: versions below min_enabled_version are disabled.
+    vault("write", "keymgmt/key/example-key", "min_enabled_version=2")
+    assert_fake_matches(fake, server, "example-kms", "example-key", publics,
+                        protection="hsm", purposes={"encrypt", "decrypt"}, min_enabled=2)
+
+    # Usage 6: the key is deleted from Azure (soft delete) and stays in Vault.
+    vault("delete", "keymgmt/kms/example-kms/key/example-key")
+    assert name not in fake.keys() and name in fake.deleted_keys()
+    assert cli(server, "read", "keymgmt/kms/example-kms/key/example-key", check=False).returncode != 0
+    assert vault_public_keys(server, "example-key") == {2: publics[2]}
+
+    # ... and can be redistributed later, under a new name.
+    time.sleep(1.1)  # the name carries unix seconds; the old one is soft-deleted
+    vault("write", "keymgmt/kms/example-kms/key/example-key", "purpose=encrypt,decrypt", "protection=hsm")
+    again = distribution(server, "example-kms", "example-key")
+    assert again["name"] != name
+    assert_fake_matches(fake, server, "example-kms", "example-key", publics,
+                        protection="hsm", purposes={"encrypt", "decrypt"}, min_enabled=2)
+    # min_enabled_version=0 enables every version again.
+    vault("write", "keymgmt/key/example-key", "min_enabled_version=0")
+    assert all(v.enabled for v in fake.versions(again["name"]))
+
+
+# -- every importable type, both protections --------------------------------------
+
+
+@pytest.mark.parametrize("protection", ["hsm", "software"])
+@pytest.mark.parametrize("key_type", RSA_TYPES + EC_TYPES)
+def test_types_and_protections(server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str,
+                               key_type: str, protection: str) -> None:
+    purpose = "encrypt,decrypt" if key_type.startswith("rsa") else "sign,verify"
+    cli(server, "write", f"keymgmt/key/{key}", f"type={key_type}")
+    cli(server, "write", "-f", f"keymgmt/key/{key}/rotate")
+    distribute(server, kms, key, purpose, protection)
+    publics = vault_public_keys(server, key)
+    stored = assert_fake_matches(fake, server, kms, key, publics, protection=protection,
+                                 purposes=set(purpose.split(",")))
+    if key_type.startswith("ecdsa"):
+        curve = {"ecdsa-p256": "secp256r1", "ecdsa-p384": "secp384r1", "ecdsa-p521": "secp521r1"}[key_type]
+        assert all(v.private_key.curve.name == curve for v in stored)
+    else:
+        assert all(v.private_key.key_size == int(key_type[4:]) for v in stored)
+    # A rotation after distribution imports the third version the same way.
+    cli(server, "write", "-f", f"keymgmt/key/{key}/rotate")
+    publics = vault_public_keys(server, key)
+    assert_fake_matches(fake, server, kms, key, publics, protection=protection,
+                        purposes=set(purpose.split(",")))
+    name = distribution(server, kms, key)["name"]
+    cli(server, "delete", f"keymgmt/kms/{kms}/key/{key}")
+    assert name in fake.deleted_keys()
+
+
+@pytest.mark.parametrize("purpose", [
+    "encrypt", "decrypt", "sign,verify", "wrap,unwrap", "encrypt,decrypt,wrap,unwrap",
+    "encrypt,decrypt,sign,verify,wrap,unwrap",
+])
+def test_purpose_combinations(server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str,
+                              purpose: str) -> None:
+    cli(server, "write", f"keymgmt/key/{key}", "type=rsa-2048")
+    distribute(server, kms, key, purpose, "hsm")
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="hsm",
+                        purposes=set(purpose.split(",")))
+
+
+@pytest.mark.parametrize(("key_type", "purpose", "message"), [
+    ("aes256-gcm96", "encrypt,decrypt", "not supported by the azurekeyvault provider"),
+    ("ecdsa-p256", "encrypt", "not supported for ecdsa-p256 keys by the azurekeyvault provider"),
+])
+def test_unimportable_requests_are_refused_before_any_call(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str, key_type: str, purpose: str, message: str
+) -> None:
+    cli(server, "write", f"keymgmt/key/{key}", f"type={key_type}")
+    before = len(fake.requests)
+    result = distribute(server, kms, key, purpose, "hsm", check=False)
+    assert result.returncode != 0
+    assert "Code: 400" in result.stderr and message in result.stderr, result.stderr
+    assert len(fake.requests) == before
+
+
+def test_key_names_azure_cannot_hold_are_refused(server: BaoServer, fake: AzureKeyVaultFake, kms: str) -> None:
+    key = f"under_score{time.monotonic_ns() % 10**6}"
+    cli(server, "write", f"keymgmt/key/{key}", "type=rsa-2048")
+    before = len(vault_requests(fake))
+    result = distribute(server, kms, key, "sign", "hsm", check=False)
+    assert "Code: 400" in result.stderr and "only letters, digits and hyphens" in result.stderr, result.stderr
+    assert len(vault_requests(fake)) == before
+
+
+# -- failures, retries and resuming ---------------------------------------------------
+
+
+def import_path(server: BaoServer, kms: str, key: str) -> str:
+    return "^/keys/" + re.escape(distribution(server, kms, key)["name"]) + "$"
+
+
+def prepare(server: BaoServer, kms: str, key: str, versions: int = 1) -> None:
+    cli(server, "write", f"keymgmt/key/{key}", "type=rsa-2048")
+    for _ in range(versions - 1):
+        cli(server, "write", "-f", f"keymgmt/key/{key}/rotate")
+
+
+@pytest.mark.parametrize("protection", ["hsm", "software"])
+@pytest.mark.parametrize("fault", ["429", "500", "503", "drop"])
+def test_transient_faults_are_retried(server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str,
+                                      fault: str, protection: str) -> None:
+    prepare(server, kms, key, versions=2)
+    # The imports fail twice, and with BYOK the KEK's creation and deletion once.
+    fake.inject("PUT", rf"^/keys/{re.escape(key)}-\d+$", fault, times=2)
+    if protection == "hsm":
+        fake.inject("POST", r"^/keys/keymgmt-kek-[0-9a-f]+/create$", fault, times=1)
+        fake.inject("DELETE", r"^/keys/keymgmt-kek-", fault, times=1)
+    started = time.monotonic()
+    distribute(server, kms, key, "sign,verify", protection)
+    elapsed = time.monotonic() - started
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key),
+                        protection=protection, purposes={"sign", "verify"})
+    statuses = [r.status for r in vault_requests(fake) if r.method == "PUT" and r.path.startswith(f"/keys/{key}-")]
+    assert statuses == [None if fault == "drop" else int(fault)] * 2 + [200, 200]
+    if fault == "429":
+        assert elapsed >= 2.0, "Retry-After: 1 was honoured"
+
+
+@contextlib.contextmanager
+def intercept(fake: AzureKeyVaultFake, wrap: Callable[[Callable[[Any], Any], Any], Any]) -> Iterator[None]:
+    """Interpose on the fake's vault handler (test-only): `wrap(original, request)` answers."""
+    listener = fake._listeners["vault"]  # noqa: SLF001
+    original = listener._handler  # noqa: SLF001
+    listener._handler = lambda request: wrap(original, request)  # noqa: SLF001
+    try:
+        yield
+    finally:
+        listener._handler = original  # noqa: SLF001
+
+
+@pytest.mark.parametrize("protection", ["hsm", "software"])
+def test_a_lost_import_response_does_not_duplicate_versions(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str, protection: str
+) -> None:
+    """An import that takes effect but whose answer never arrives is not repeated.
+
+    The fake's own "drop" fault closes before processing; this models the
+    worse case: processed, then the connection dies.
+    """
+    prepare(server, kms, key, versions=2)
+    lost = []
+
+    def lose(original: Callable[[Any], Any], request: Any) -> Any:
+        response = original(request)
+        if request.method == "PUT" and re.search(rf"^/keys/{re.escape(key)}-\d+$", request.path) \
+                and response.status == 200 and len(lost) < 2:
+            lost.append(request.path)
+            return None
+        return response
+
+    with intercept(fake, lose):
+        distribute(server, kms, key, "sign", protection)
+    assert len(lost) == 2, "both imports lost their responses"
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key),
+                        protection=protection, purposes={"sign"})
+
+
+def test_failure_part_way_is_resumed_without_duplicates(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str
+) -> None:
+    prepare(server, kms, key, versions=3)
+    # Version 1 imports; version 2's import fails on all 8 attempts the retry
+    # policy allows, so the request fails after one version.
+    puts = []
+
+    def fail_second(original: Callable[[Any], Any], request: Any) -> Any:
+        if request.method == "PUT" and re.search(rf"^/keys/{re.escape(key)}-\d+$", request.path):
+            puts.append(request.path)
+            if 2 <= len(puts) <= 9:
+                return Response(500, {"error": {"code": "InternalServerError", "message": "injected"}})
+        return original(request)
+
+    with intercept(fake, fail_second):
+        result = distribute(server, kms, key, "decrypt", "hsm", check=False)
+    assert result.returncode != 0
+    assert "Code: 502" in result.stderr and "repeat the request" in result.stderr, result.stderr
+    assert "after 8 attempts" in result.stderr, result.stderr
+    assert len(puts) == 9
+    record = distribution(server, kms, key)
+    assert list(record["versions"]) == ["1"], "what was imported is recorded"
+    assert fake.kek_count_alive() == 0, "the KEK is deleted on failure too"
+    # The same request completes the work.
+    distribute(server, kms, key, "decrypt", "hsm")
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key),
+                        protection="hsm", purposes={"decrypt"})
+
+
+def test_rotation_failure_is_reported_and_repeatable(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str
+) -> None:
+    prepare(server, kms, key)
+    distribute(server, kms, key, "encrypt", "hsm")
+    name = distribution(server, kms, key)["name"]
+    fake.inject("PUT", rf"^/keys/{re.escape(name)}$", "503", times=8)
+    result = cli(server, "write", "-f", f"keymgmt/key/{key}/rotate", check=False)
+    assert result.returncode != 0 and "Code: 502" in result.stderr, result.stderr
+    assert len(fake.versions(name)) == 1
+    assert fake.kek_count_alive() == 0
+    # Distributing again imports what the rotation could not.
+    distribute(server, kms, key, "encrypt", "hsm")
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key),
+                        protection="hsm", purposes={"encrypt"})
+
+
+# -- credentials -------------------------------------------------------------------------
+
+
+def test_wrong_credentials_are_a_clear_error(server: BaoServer, fake: AzureKeyVaultFake, key: str) -> None:
+    kms = f"az-wrong-{time.monotonic_ns() % 10**6}"
+    wrong = "Wrong-Secret-0123456789"
+    configure_kms(server, fake, kms, tenant_id=DOC_TENANT, client_id=DOC_CLIENT, client_secret=wrong)
+    prepare(server, kms, key)
+    result = distribute(server, kms, key, "sign", "hsm", check=False)
+    assert "Code: 400" in result.stderr, result.stderr
+    assert "authenticating to Azure failed" in result.stderr and "AADSTS7000215" in result.stderr
+    assert wrong not in result.stderr
+    assert wrong not in cli(server, "read", f"keymgmt/kms/{kms}").stdout
+    SECRET_STRINGS.add(wrong)
+
+
+def test_managed_identity(server: BaoServer, fake: AzureKeyVaultFake, key: str) -> None:
+    kms = f"az-msi-{time.monotonic_ns() % 10**6}"
+    configure_kms(server, fake, kms, tenant_id=DOC_TENANT)
+    prepare(server, kms, key)
+    imds_before = len([r for r in fake.requests if r.service == "imds"])
+    distribute(server, kms, key, "sign,verify", "hsm")
+    assert len([r for r in fake.requests if r.service == "imds"]) > imds_before
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key),
+                        protection="hsm", purposes={"sign", "verify"})
+
+
+def test_environment_variables_take_precedence(
+    start_server: Callable[..., BaoServer], fake: AzureKeyVaultFake
+) -> None:
+    server = start_server(AZURE_CLIENT_SECRET=DOC_SECRET, AZURE_TENANT_ID=DOC_TENANT)
+    configure_kms(server, fake, "env-kms", tenant_id="not-the-tenant", client_id=DOC_CLIENT,
+                  client_secret="not-the-secret")
+    prepare(server, "env-kms", "env-key")
+    distribute(server, "env-kms", "env-key", "verify", "software")
+    assert_fake_matches(fake, server, "env-kms", "env-key", vault_public_keys(server, "env-key"),
+                        protection="software", purposes={"verify"})
+
+
+def test_provider_reads_never_show_credentials(server: BaoServer, fake: AzureKeyVaultFake, kms: str) -> None:
+    for args in (["read", f"keymgmt/kms/{kms}"], ["read", "-format=json", f"keymgmt/kms/{kms}"],
+                 ["list", "keymgmt/kms"]):
+        out = cli(server, *args).stdout
+        for value in fake.credentials.values():
+            assert value not in out
+
+
+# -- nothing secret in the logs ---------------------------------------------------------------
+
+SECRET_STRINGS: set[str] = set()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def uint(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+
+
+def secrets_of(fake: AzureKeyVaultFake) -> set[str]:
+    found = {DOC_SECRET, *SECRET_STRINGS}
+    found |= set(fake._issuer._tokens)  # noqa: SLF001 - every token the fake issued
+    for name in fake.keys() + fake.deleted_keys():
+        for version in fake.versions(name):
+            if version.origin == "generated":
+                continue
+            private = version.private_key
+            der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+            pkcs8 = base64.b64encode(der).decode()
+            found |= {pkcs8[100:164], der.hex()[200:264]}
+            numbers = private.private_numbers()
+            if isinstance(private, rsa.RSAPrivateKey):
+                for n in (numbers.d, numbers.p, numbers.q):
+                    found |= {b64url(uint(n))[:40], uint(n).hex()[:40]}
+            else:
+                d = numbers.private_value.to_bytes((private.curve.key_size + 7) // 8, "big")
+                found |= {b64url(d)[:40], d.hex()[:40]}
+    return found
+
+
+def test_zz_logs_hold_no_credentials_tokens_or_keys(fake: AzureKeyVaultFake) -> None:
+    """Runs last in this module: every server log, plugin stderr included."""
+    secrets = secrets_of(fake)
+    assert len(secrets) > 50, "the suite imported keys and got tokens"
+    assert SERVERS, "servers ran"
+    assert any("azure key vault: imported version" in srv.log_text() for srv in SERVERS)
+    for srv in SERVERS:
+        log = srv.log_text()
+        leaked = [s[:6] + "…" for s in secrets if s and s in log]
+        assert not leaked, f"{srv.log_path} contains secrets: {leaked}"
