@@ -71,6 +71,16 @@ impl KeyManagement {
 
 #[async_trait::async_trait]
 impl Lifecycle for KeyManagement {
+    /// Loads the key names, so that lookups of missing keys (every
+    /// creation) are answered without a storage round trip.
+    async fn initialize(&self) -> Result<(), Error> {
+        if let Err(err) = self.keys.list().await {
+            // Not fatal: lookups fall back to storage until a list succeeds.
+            log::warn!("loading key names: {err}");
+        }
+        Ok(())
+    }
+
     async fn invalidate(&self, key: &str) {
         self.keys.invalidate(key).await;
         if let Some(provider) = key.strip_prefix(KMS_PREFIX) {

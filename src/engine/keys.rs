@@ -190,6 +190,17 @@ impl KeyStore {
         if let Some(key) = self.cache.read().await.get(name) {
             return Ok(Some(key.clone()));
         }
+        // With the names loaded, a miss needs no round trip to storage:
+        // existence checks and creations are the common case.
+        if self
+            .names
+            .read()
+            .await
+            .as_ref()
+            .is_some_and(|names| !names.contains(name))
+        {
+            return Ok(None);
+        }
         let Some(entry) = self.storage.get(&format!("{KEY_PREFIX}{name}")).await? else {
             return Ok(None);
         };
@@ -313,5 +324,18 @@ mod tests {
         assert!(store.list().await.unwrap().is_empty());
         let err = store.require("k").await.err().unwrap();
         assert_eq!(err, Error::not_found("key \"k\" not found"));
+
+        // A key another node wrote is seen once its invalidation arrives,
+        // even though the loaded names answered "missing" before.
+        assert!(store.list().await.unwrap().is_empty());
+        let other = KeyStore::new(storage.clone());
+        other
+            .put(Key::generate("n", KeyType::Aes256Gcm96).unwrap())
+            .await
+            .unwrap();
+        assert!(store.get("n").await.unwrap().is_none());
+        store.invalidate("key/n").await;
+        assert!(store.get("n").await.unwrap().is_some());
+        assert_eq!(store.list().await.unwrap(), ["n"]);
     }
 }
