@@ -67,6 +67,9 @@ def fake_env(fake: AzureKeyVaultFake, **extra: str | None) -> dict[str, str | No
         "KEYMGMT_AZURE_CA_FILE": fake.ca_pem_path,
         # Fast backoff so fault-injection tests stay quick; Retry-After still rules.
         "KEYMGMT_AZURE_RETRY_BASE_MS": "50",
+        # The most verbose plugin logging (dependencies' included), so the
+        # final secret scan sees everything that could ever be logged.
+        "KEYMGMT_LOG_LEVEL": "trace",
         "AZURE_TENANT_ID": None,
         "AZURE_CLIENT_ID": None,
         "AZURE_CLIENT_SECRET": None,

@@ -72,8 +72,20 @@ pub fn client_options(http: &reqwest::Client) -> ClientOptions {
     }
 }
 
-/// The token credential for the configured identity.
+/// The token credential for the configured identity, limited to the
+/// environment's Key Vault scopes.
 pub fn credential(
+    settings: &Settings,
+    http: &reqwest::Client,
+) -> Result<Arc<dyn TokenCredential>, ProviderError> {
+    let inner = identity_credential(settings, http)?;
+    Ok(Arc::new(ScopeGuard::new(
+        inner,
+        settings.environment.keyvault_scopes(),
+    )))
+}
+
+fn identity_credential(
     settings: &Settings,
     http: &reqwest::Client,
 ) -> Result<Arc<dyn TokenCredential>, ProviderError> {
@@ -119,6 +131,51 @@ pub fn credential(
                 Ok(credential)
             }
         },
+    }
+}
+
+/// Hands out tokens only for the Key Vault scopes of the configured cloud.
+///
+/// The Key Vault client learns the scope from the vault's 401 challenge.
+/// With a redirected endpoint the SDK's check that the challenge matches
+/// the vault's domain must be off, so this guard keeps a wrong or hostile
+/// endpoint from obtaining a token for another service (say, Azure
+/// Resource Manager) with our identity.
+#[derive(Debug)]
+pub struct ScopeGuard {
+    inner: Arc<dyn TokenCredential>,
+    allowed: [&'static str; 2],
+}
+
+impl ScopeGuard {
+    /// Wraps `inner`, allowing only `allowed`.
+    pub fn new(inner: Arc<dyn TokenCredential>, allowed: [&'static str; 2]) -> Self {
+        Self { inner, allowed }
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for ScopeGuard {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        if let Some(bad) = scopes.iter().find(|s| {
+            !self
+                .allowed
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(s.trim_end_matches('/')))
+        }) {
+            return Err(AzureError::with_message(
+                ErrorKind::Credential,
+                format!(
+                    "the Key Vault endpoint asked for a token for {bad:?}, which is not a Key Vault scope of this Azure environment ({})",
+                    self.allowed.join(", ")
+                ),
+            ));
+        }
+        self.inner.get_token(scopes, options).await
     }
 }
 
@@ -239,5 +296,59 @@ impl TokenCredential for ImdsCredential {
         _options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
         self.fetch(scopes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use azure_core::time::OffsetDateTime;
+
+    #[derive(Debug)]
+    struct Fixed;
+
+    #[async_trait::async_trait]
+    impl TokenCredential for Fixed {
+        async fn get_token(
+            &self,
+            _scopes: &[&str],
+            _options: Option<TokenRequestOptions<'_>>,
+        ) -> azure_core::Result<AccessToken> {
+            Ok(AccessToken::new("t", OffsetDateTime::now_utc()))
+        }
+    }
+
+    #[tokio::test]
+    async fn only_key_vault_scopes_get_tokens() {
+        let guard = ScopeGuard::new(
+            Arc::new(Fixed),
+            super::super::config::Environment::Public.keyvault_scopes(),
+        );
+        assert!(
+            guard
+                .get_token(&["https://vault.azure.net/.default"], None)
+                .await
+                .is_ok()
+        );
+        assert!(
+            guard
+                .get_token(&["https://managedhsm.azure.net/.default"], None)
+                .await
+                .is_ok()
+        );
+        let err = guard
+            .get_token(&["https://management.azure.com/.default"], None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not a Key Vault scope"), "{err}");
+        let gov = ScopeGuard::new(
+            Arc::new(Fixed),
+            super::super::config::Environment::UsGovernment.keyvault_scopes(),
+        );
+        assert!(
+            gov.get_token(&["https://vault.azure.net/.default"], None)
+                .await
+                .is_err()
+        );
     }
 }

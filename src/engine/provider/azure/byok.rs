@@ -14,6 +14,8 @@ use azure_security_keyvault_keys::models::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rsa::pkcs8::DecodePublicKey;
+use rsa::traits::PublicKeyParts;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -238,30 +240,42 @@ pub fn software_import_body(
 }
 
 /// Whether a key version Azure holds has the public half of `material`:
-/// the resume check must not trust a tag alone.
+/// the resume check must not trust a tag alone. Reads only the public key
+/// (SubjectPublicKeyInfo), never the private material.
 pub fn public_key_matches(material: &KeyMaterial, key: &JsonWebKey) -> bool {
     fn strip(bytes: &[u8]) -> &[u8] {
         let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
         &bytes[start..]
     }
-    let Ok(ours) = material.private_jwk() else {
+    let Some(spki) = material.public_key_der() else {
         return false;
     };
-    let decode = |s: &str| URL_SAFE_NO_PAD.decode(s).ok();
-    match &ours {
-        PrivateJwk::Rsa(rsa) => match (&key.n, &key.e, decode(&rsa.n), decode(&rsa.e)) {
-            (Some(n), Some(e), Some(our_n), Some(our_e)) => {
-                strip(n) == strip(&our_n) && strip(e) == strip(&our_e)
+    let key_type = material.key_type();
+    if key_type.rsa_bits().is_some() {
+        let Ok(ours) = rsa::RsaPublicKey::from_public_key_der(&spki) else {
+            return false;
+        };
+        return match (&key.n, &key.e) {
+            (Some(n), Some(e)) => {
+                strip(n) == strip(&ours.n().to_bytes_be())
+                    && strip(e) == strip(&ours.e().to_bytes_be())
             }
             _ => false,
-        },
-        PrivateJwk::Ec(ec) => match (&key.x, &key.y, decode(&ec.x), decode(&ec.y)) {
-            (Some(x), Some(y), Some(our_x), Some(our_y)) => {
-                strip(x) == strip(&our_x) && strip(y) == strip(&our_y)
-            }
-            _ => false,
-        },
-        PrivateJwk::Oct(_) => false,
+        };
+    }
+    let Some(curve) = key_type.ec_curve() else {
+        return false;
+    };
+    // An EC SubjectPublicKeyInfo ends with the uncompressed point 04||X||Y.
+    let len = curve.coordinate_len();
+    let Some(point) = spki.get(spki.len().saturating_sub(1 + 2 * len)..) else {
+        return false;
+    };
+    match (&key.x, &key.y, point.split_first()) {
+        (Some(x), Some(y), Some((0x04, xy))) if xy.len() == 2 * len => {
+            strip(x) == strip(&xy[..len]) && strip(y) == strip(&xy[len..])
+        }
+        _ => false,
     }
 }
 
@@ -459,6 +473,20 @@ mod tests {
         assert!(!public_key_matches(sample(KeyType::Rsa3072), &jwk));
         assert!(!public_key_matches(sample(KeyType::EcdsaP256), &jwk));
         assert!(!public_key_matches(rsa, &JsonWebKey::default()));
+        // EC: x and y of the SubjectPublicKeyInfo point.
+        let p384 = sample(KeyType::EcdsaP384);
+        let spki = p384.public_key_der().unwrap();
+        let xy = &spki[spki.len() - 96..];
+        let jwk = JsonWebKey {
+            x: Some(xy[..48].to_vec()),
+            y: Some(xy[48..].to_vec()),
+            ..Default::default()
+        };
+        assert!(public_key_matches(p384, &jwk));
+        assert!(!public_key_matches(sample(KeyType::EcdsaP256), &jwk));
+        let mut other = jwk.clone();
+        other.y = Some(xy[..48].to_vec());
+        assert!(!public_key_matches(p384, &other));
     }
 
     #[test]

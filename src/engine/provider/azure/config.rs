@@ -98,6 +98,25 @@ impl Environment {
         }
     }
 
+    /// The token scopes a Key Vault or Managed HSM of this cloud may ask
+    /// for in its authentication challenge.
+    pub fn keyvault_scopes(self) -> [&'static str; 2] {
+        match self {
+            Self::Public => [
+                "https://vault.azure.net/.default",
+                "https://managedhsm.azure.net/.default",
+            ],
+            Self::UsGovernment => [
+                "https://vault.usgovcloudapi.net/.default",
+                "https://managedhsm.usgovcloudapi.net/.default",
+            ],
+            Self::China => [
+                "https://vault.azure.cn/.default",
+                "https://managedhsm.azure.cn/.default",
+            ],
+        }
+    }
+
     /// Entra ID authority host.
     pub fn authority_host(self) -> &'static str {
         match self {
