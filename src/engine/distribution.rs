@@ -95,6 +95,16 @@ impl DistributionStore {
             .await?)
     }
 
+    /// Names of the providers a key is distributed to.
+    pub async fn providers_of(&self, key: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .of_key(key)
+            .await?
+            .into_iter()
+            .map(|(provider, _)| provider)
+            .collect())
+    }
+
     /// Providers a key is distributed to, with their records.
     pub async fn of_key(&self, key: &str) -> Result<Vec<(String, Distribution)>, Error> {
         let mut found = Vec::new();

@@ -48,7 +48,7 @@ pub struct Key {
 
 impl Key {
     /// A new key with version 1.
-    pub fn generate(name: &str, key_type: KeyType) -> Result<Self, Error> {
+    pub async fn generate(name: &str, key_type: KeyType) -> Result<Self, Error> {
         let mut key = Self {
             name: name.to_owned(),
             key_type,
@@ -57,14 +57,19 @@ impl Key {
             latest_version: 0,
             versions: BTreeMap::new(),
         };
-        key.rotate()?;
+        key.rotate().await?;
         Ok(key)
     }
 
     /// Adds a version with fresh material; returns its number.
-    pub fn rotate(&mut self) -> Result<u32, Error> {
-        let material =
-            KeyMaterial::generate(self.key_type).map_err(|e| Error::internal(e.to_string()))?;
+    pub async fn rotate(&mut self) -> Result<u32, Error> {
+        let key_type = self.key_type;
+        // Off the async workers: an RSA-4096 generation takes long enough
+        // to stall every request that shares the worker.
+        let material = tokio::task::spawn_blocking(move || KeyMaterial::generate(key_type))
+            .await
+            .map_err(|e| Error::internal(format!("key generation did not finish: {e}")))?
+            .map_err(|e| Error::internal(e.to_string()))?;
         let version = self.latest_version + 1;
         let public_key = material.public_key_pem();
         self.versions.insert(
@@ -293,8 +298,8 @@ mod tests {
     async fn round_trips_through_storage_and_invalidation() {
         let storage = Arc::new(InMemoryStorage::new());
         let store = KeyStore::new(storage.clone());
-        let mut key = Key::generate("k", KeyType::EcdsaP256).unwrap();
-        key.rotate().unwrap();
+        let mut key = Key::generate("k", KeyType::EcdsaP256).await.unwrap();
+        key.rotate().await.unwrap();
         key.min_enabled_version = 2;
         let written = store.put(key).await.unwrap();
         let raw = storage.get("key/k").await.unwrap().unwrap();
@@ -330,7 +335,7 @@ mod tests {
         assert!(store.list().await.unwrap().is_empty());
         let other = KeyStore::new(storage.clone());
         other
-            .put(Key::generate("n", KeyType::Aes256Gcm96).unwrap())
+            .put(Key::generate("n", KeyType::Aes256Gcm96).await.unwrap())
             .await
             .unwrap();
         assert!(store.get("n").await.unwrap().is_none());

@@ -119,7 +119,7 @@ async fn write_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Re
             }
             (*existing).clone()
         }
-        None => Key::generate(name, requested_type)?,
+        None => Key::generate(name, requested_type).await?,
     };
     let previous_min = key.min_enabled_version;
     if let Some(allowed) = req.bool("deletion_allowed") {
@@ -187,13 +187,7 @@ async fn delete_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<R
             "deletion is not allowed for key {name:?}; set deletion_allowed=true first"
         )));
     }
-    let providers: Vec<String> = engine
-        .distributions
-        .of_key(name)
-        .await?
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
+    let providers = engine.distributions.providers_of(name).await?;
     if !providers.is_empty() {
         return Err(Error::bad_request(format!(
             "key {name:?} is still distributed to KMS providers [{}]; remove it from them first",
@@ -208,7 +202,7 @@ async fn rotate_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<R
     let name = req.capture("name");
     let _guard = engine.locks.lock(&format!("key/{name}")).await;
     let mut key = (*engine.keys.require(name).await?).clone();
-    key.rotate()?;
+    key.rotate().await?;
     let key = engine.keys.put(key).await?;
     engine.push_new_versions(&key).await?;
     Ok(None)
@@ -220,12 +214,7 @@ async fn list_key_providers(
 ) -> Result<Option<Response>, Error> {
     let name = req.capture("name");
     engine.keys.require(name).await?;
-    let providers = engine
-        .distributions
-        .of_key(name)
-        .await?
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    Ok(Response::list(providers))
+    Ok(Response::list(
+        engine.distributions.providers_of(name).await?,
+    ))
 }
