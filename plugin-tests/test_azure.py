@@ -371,6 +371,18 @@ def test_transient_faults_are_retried(server: BaoServer, fake: AzureKeyVaultFake
         assert elapsed >= 2.0, "Retry-After: 1 was honoured"
 
 
+def test_slow_responses_are_awaited(server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str) -> None:
+    """Delays below the plugin's 30 s request timeout just make the request slower."""
+    prepare(server, kms, key, versions=2)
+    fake.inject("PUT", rf"^/keys/{re.escape(key)}-\d+$", "delay:1.5", times=2)
+    fake.inject("POST", r"^/keys/keymgmt-kek-[0-9a-f]+/create$", "delay:1", times=1)
+    started = time.monotonic()
+    distribute(server, kms, key, "verify", "hsm")
+    assert time.monotonic() - started >= 4.0
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key),
+                        protection="hsm", purposes={"verify"})
+
+
 @contextlib.contextmanager
 def intercept(fake: AzureKeyVaultFake, wrap: Callable[[Callable[[Any], Any], Any], Any]) -> Iterator[None]:
     """Interpose on the fake's vault handler (test-only): `wrap(original, request)` answers."""

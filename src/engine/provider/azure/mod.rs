@@ -20,6 +20,9 @@
 //! current version suffices because the engine imports versions in order
 //! and records each before the next. (Listing versions would need the
 //! `list` permission, which Vault's documented permission set lacks.)
+//! What this cannot catch is an import the service is still processing
+//! when our 30 s request timeout fires: if it completes after our retry,
+//! the key gets a second version with the same material and tag.
 
 mod auth;
 mod byok;
@@ -224,13 +227,18 @@ impl AzureKeyVault {
                 vault.create_key(&kek_name, byok::kek_parameters(now))
             })
             .await;
+        // A create that failed for good (refused, no permission) made no
+        // KEK; one that ran out of retries may have (a lost response).
+        let may_exist = matches!(created, Ok(_) | Err(ProviderError::Unavailable(_)));
         let result = match created {
             Ok(kek) => self.wrap_and_import(target, version, material, &kek).await,
             Err(e) => Err(e),
         };
-        // Deleted whether or not the import worked: a KEK is single-use. A
-        // failed create may still have made it (lost response), so try then
-        // too; 404 is fine.
+        if !may_exist {
+            return result;
+        }
+        // Deleted whether or not the import worked: a KEK is single-use.
+        // 404 is fine.
         if let Err(e) = vault
             .call(Op::Delete, |_| vault.delete_key(&kek_name))
             .await
