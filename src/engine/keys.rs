@@ -248,6 +248,9 @@ impl KeyStore {
             .write()
             .await
             .insert(key.name.clone(), key.clone());
+        if let Some(names) = self.names.write().await.as_mut() {
+            names.insert(key.name.clone());
+        }
         Ok(key)
     }
 
@@ -321,6 +324,16 @@ mod tests {
         }
         // Invalidation drops the caches so a changed record is re-read.
         assert_eq!(store.list().await.unwrap(), ["k"]);
+        store
+            .put(Key::generate("j", KeyType::Aes256Gcm96).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list().await.unwrap(),
+            ["j", "k"],
+            "a put updates loaded names"
+        );
+        store.delete("j").await.unwrap();
         storage.delete("key/k").await.unwrap();
         assert!(store.get("k").await.unwrap().is_some());
         assert_eq!(store.list().await.unwrap(), ["k"]);

@@ -27,10 +27,12 @@ enum Outcome {
 }
 
 impl Harness {
-    fn new() -> Self {
+    /// A mounted backend, initialised as the host does before requests.
+    async fn new() -> Self {
         let storage = InMemoryStorage::new();
         let provider = TestProvider::default();
         let backend = backend(Arc::new(storage.clone()), Arc::new(provider.clone()));
+        backend.initialize().await.unwrap();
         Self {
             backend,
             provider,
@@ -112,7 +114,7 @@ impl Harness {
 
 #[tokio::test]
 async fn key_create_read_update_and_rules() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.ok("write", "key/k", json!({"type": "ecdsa-p256"})).await;
     let read = h.ok("read", "key/k", Value::Null).await;
     assert_eq!(read["name"], "k");
@@ -166,7 +168,7 @@ async fn key_create_read_update_and_rules() {
 
 #[tokio::test]
 async fn min_enabled_version_hides_versions_and_zero_means_all() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.ok("write", "key/k", json!({"type": "aes256-gcm96"}))
         .await;
     h.ok("write", "key/k/rotate", Value::Null).await;
@@ -186,7 +188,7 @@ async fn min_enabled_version_hides_versions_and_zero_means_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_rotations_lose_nothing() {
-    let h = Arc::new(Harness::new());
+    let h = Arc::new(Harness::new().await);
     h.ok("write", "key/k", json!({"type": "ecdsa-p256"})).await;
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -210,7 +212,7 @@ async fn parallel_rotations_lose_nothing() {
 
 #[tokio::test]
 async fn ten_thousand_keys_list_and_a_hundred_versions_read() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     for i in 0..10_000 {
         h.ok(
             "write",
@@ -234,7 +236,7 @@ async fn ten_thousand_keys_list_and_a_hundred_versions_read() {
 
 #[tokio::test]
 async fn providers_are_immutable_and_credentials_write_only() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.ok(
         "write",
         "kms/az",
@@ -303,7 +305,7 @@ impl Harness {
 
 #[tokio::test]
 async fn distribution_lifecycle_reaches_the_provider() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.azure_with("k", "rsa-2048").await;
     h.ok("write", "key/k/rotate", Value::Null).await;
     h.ok(
@@ -398,7 +400,7 @@ async fn distribution_lifecycle_reaches_the_provider() {
 
 #[tokio::test]
 async fn matrix_is_checked_before_any_provider_call() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.azure_with("aes", "aes256-gcm96").await;
     let (status, msg) = h
         .status("write", "kms/az/key/aes", json!({"purpose": "encrypt"}))
@@ -447,7 +449,7 @@ async fn matrix_is_checked_before_any_provider_call() {
 
 #[tokio::test]
 async fn a_failed_distribution_resumes_without_duplicates() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.azure_with("k", "ecdsa-p256").await;
     h.ok("write", "key/k/rotate", Value::Null).await;
     h.ok("write", "key/k/rotate", Value::Null).await;
