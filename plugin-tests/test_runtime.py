@@ -212,3 +212,14 @@ def test_plugin_stderr_reaches_server_log(server: BaoServer) -> None:
     assert wait_for(lambda: line.search(server.log_text()), timeout=5), (
         f"no [INFO] line from the plugin's logger in {server.log_path}"
     )
+
+
+def test_system_view_is_reachable_from_initialize(server: BaoServer) -> None:
+    # Initialize asks the host's brokered SystemView for the server version
+    # and logs it, so this line proves the brokered connection works.
+    line = re.compile(
+        re.escape(PLUGIN_NAME) + r": keymgmt mount initialized:.*server_version=2\.7\.2"
+    )
+    assert wait_for(lambda: line.search(server.log_text()), timeout=5), (
+        f"no 'keymgmt mount initialized' line with the server version in {server.log_path}"
+    )

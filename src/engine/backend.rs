@@ -15,6 +15,7 @@ use crate::framework::{Backend, Error, Lifecycle, Path};
 use crate::runtime::backend::{BackendConfig, BackendFactory, LogicalBackend};
 use crate::runtime::proto::pb;
 use crate::runtime::storage::Storage;
+use crate::runtime::system_view::SystemView;
 
 const BACKEND_HELP: &str = "\
 The Key Management secrets engine generates and owns keys, distributes copies of them to \
@@ -30,6 +31,8 @@ pub struct KeyManagement {
     /// Serialises writes per `key/<name>` and `kms/<name>`.
     pub locks: NamedLocks,
     connector: Arc<dyn ProviderConnector>,
+    /// The host's view of the server, when mounted in one.
+    system: Option<Arc<dyn SystemView>>,
     /// Connected provider clients (they cache tokens), by provider name.
     clients: RwLock<HashMap<String, Arc<dyn KmsProvider>>>,
 }
@@ -42,6 +45,7 @@ impl KeyManagement {
             distributions: DistributionStore::new(storage),
             locks: NamedLocks::default(),
             connector,
+            system: None,
             clients: RwLock::default(),
         }
     }
@@ -74,6 +78,14 @@ impl Lifecycle for KeyManagement {
     /// Loads the key names, so that lookups of missing keys (every
     /// creation) are answered without a storage round trip.
     async fn initialize(&self) -> Result<(), Error> {
+        if let Some(system) = &self.system {
+            match system.server_version().await {
+                Ok(version) => {
+                    log::info!(server_version = version.as_str(); "keymgmt mount initialized")
+                }
+                Err(err) => log::warn!("reading the server version: {err}"),
+            }
+        }
         if let Err(err) = self.keys.list().await {
             // Not fatal: lookups fall back to storage until a list succeeds.
             log::warn!("loading key names: {err}");
@@ -103,18 +115,17 @@ pub fn backend(
     storage: Arc<dyn Storage>,
     connector: Arc<dyn ProviderConnector>,
 ) -> Backend<KeyManagement> {
+    framework_backend(KeyManagement::new(storage, connector))
+}
+
+fn framework_backend(engine: KeyManagement) -> Backend<KeyManagement> {
     let special = pb::Paths {
         // Key material and provider credentials get seal wrapping where
         // the server offers it.
         seal_wrap_storage: vec![KEY_PREFIX.to_owned(), KMS_PREFIX.to_owned()],
         ..Default::default()
     };
-    Backend::new(
-        Arc::new(KeyManagement::new(storage, connector)),
-        paths(),
-        BACKEND_HELP,
-        special,
-    )
+    Backend::new(Arc::new(engine), paths(), BACKEND_HELP, special)
 }
 
 /// The factory the runtime calls for each mount.
@@ -122,6 +133,8 @@ pub struct Factory;
 
 impl BackendFactory for Factory {
     fn create(&self, config: BackendConfig) -> Result<Arc<dyn LogicalBackend>, String> {
-        Ok(Arc::new(backend(config.storage, Arc::new(CloudConnector))))
+        let mut engine = KeyManagement::new(config.storage, Arc::new(CloudConnector));
+        engine.system = Some(config.system);
+        Ok(Arc::new(framework_backend(engine)))
     }
 }

@@ -113,10 +113,6 @@ impl<B: Lifecycle> Backend<B> {
         }
     }
 
-    pub fn state(&self) -> &Arc<B> {
-        &self.state
-    }
-
     fn route(&self, path: &str) -> Option<(&Path<B>, HashMap<String, String>)> {
         self.paths
             .iter()

@@ -63,7 +63,6 @@ pub struct Field {
     pub kind: FieldType,
     pub description: &'static str,
     pub default: Option<Value>,
-    pub required: bool,
     /// Never echoed anywhere: not in errors, not in help examples.
     pub sensitive: bool,
     /// Allowed values, for help and OpenAPI.
@@ -77,7 +76,6 @@ impl Field {
             kind,
             description,
             default: None,
-            required: false,
             sensitive: false,
             allowed: &[],
         }
@@ -85,11 +83,6 @@ impl Field {
 
     pub fn default_value(mut self, value: impl Into<Value>) -> Self {
         self.default = Some(value.into());
-        self
-    }
-
-    pub fn required(mut self) -> Self {
-        self.required = true;
         self
     }
 

@@ -48,15 +48,3 @@ impl SystemView for GrpcSystemView {
             .unwrap_or_default())
     }
 }
-
-/// A fixed SystemView for unit tests.
-pub struct StaticSystemView {
-    pub version: String,
-}
-
-#[async_trait::async_trait]
-impl SystemView for StaticSystemView {
-    async fn server_version(&self) -> Result<String, SystemViewError> {
-        Ok(self.version.clone())
-    }
-}
