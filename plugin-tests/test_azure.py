@@ -16,7 +16,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import json
+import random
 import re
 import shutil
 import time
@@ -311,6 +313,24 @@ def test_purpose_combinations(server: BaoServer, fake: AzureKeyVaultFake, kms: s
     distribute(server, kms, key, purpose, "hsm")
     assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="hsm",
                         purposes=set(purpose.split(",")))
+
+
+def test_every_purpose_combination(server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str) -> None:
+    """All 63 non-empty subsets for RSA and all 3 for EC, each sent in a shuffled order."""
+    rng = random.Random(7)
+    cases = [("rsa-2048", combo) for n in range(1, 7)
+             for combo in itertools.combinations(sorted(KEY_OPS), n)]
+    cases += [("ecdsa-p256", combo) for n in (1, 2)
+              for combo in itertools.combinations(["sign", "verify"], n)]
+    for i, (key_type, combo) in enumerate(cases):
+        name = f"{key}-p{i}"
+        cli(server, "write", f"keymgmt/key/{name}", f"type={key_type}")
+        sent = list(combo)
+        rng.shuffle(sent)
+        distribute(server, kms, name, ",".join(sent), "software")
+        assert distribution(server, kms, name)["purpose"] == ",".join(sorted(combo))
+        assert_fake_matches(fake, server, kms, name, vault_public_keys(server, name),
+                            protection="software", purposes=set(combo))
 
 
 @pytest.mark.parametrize(("key_type", "purpose", "message"), [
