@@ -460,7 +460,7 @@ def test_failure_part_way_is_resumed_without_duplicates(
     with intercept(fake, fail_second):
         result = distribute(server, kms, key, "decrypt", "hsm", check=False)
     assert result.returncode != 0
-    assert "Code: 502" in result.stderr and "repeat the request" in result.stderr, result.stderr
+    assert "Code: 502" in result.stderr and f"writing to kms/{kms}/key/{key} again resumes" in result.stderr, result.stderr
     assert "after 8 attempts" in result.stderr, result.stderr
     assert len(puts) == 9
     record = distribution(server, kms, key)
@@ -481,6 +481,8 @@ def test_rotation_failure_is_reported_and_repeatable(
     fake.inject("PUT", rf"^/keys/{re.escape(name)}$", "503", times=8)
     result = cli(server, "write", "-f", f"keymgmt/key/{key}/rotate", check=False)
     assert result.returncode != 0 and "Code: 502" in result.stderr, result.stderr
+    assert "rotated to version 2 in Vault" in result.stderr, result.stderr
+    assert f"writing to kms/{kms}/key/{key} again resumes" in result.stderr, result.stderr
     assert len(fake.versions(name)) == 1
     assert fake.kek_count_alive() == 0
     # Distributing again imports what the rotation could not.

@@ -101,7 +101,10 @@ impl KeyManagement {
                 .map_err(|e| {
                     with_context(
                         provider_error(e),
-                        &format!("{context} (version {number}; repeat the request to resume)"),
+                        &format!(
+                            "{context} (version {number} was not imported; writing to kms/{provider}/key/{} again resumes)",
+                            key.name
+                        ),
                     )
                 })?;
             record.versions.insert(*number, id);
@@ -134,12 +137,14 @@ impl KeyManagement {
                 failures.push(err.to_string());
             }
         }
+        // Not "repeat the request": another rotation would add a version.
         summarize(
             failures,
             &format!(
                 "key {:?} was rotated to version {} in Vault",
                 key.name, key.latest_version
             ),
+            "",
         )
     }
 
@@ -166,6 +171,7 @@ impl KeyManagement {
                 "min_enabled_version of key {:?} is {} in Vault",
                 key.name, key.min_enabled_version
             ),
+            "; repeat the request to retry",
         )
     }
 
@@ -191,14 +197,14 @@ impl KeyManagement {
 }
 
 /// One error for several providers' failures, saying what did happen.
-fn summarize(failures: Vec<String>, done: &str) -> Result<(), Error> {
+fn summarize(failures: Vec<String>, done: &str, retry_hint: &str) -> Result<(), Error> {
     if failures.is_empty() {
         return Ok(());
     }
     Err(Error::Coded {
         status: 502,
         message: format!(
-            "{done}, but updating KMS providers failed; repeat the request to retry: {}",
+            "{done}, but updating KMS providers failed{retry_hint}: {}",
             failures.join("; ")
         ),
     })
