@@ -370,6 +370,25 @@ def prepare(server: BaoServer, kms: str, key: str, versions: int = 1) -> None:
         cli(server, "write", "-f", f"keymgmt/key/{key}/rotate")
 
 
+def test_one_key_exchange_key_per_distribution(server: BaoServer, fake: AzureKeyVaultFake, kms: str,
+                                               key: str) -> None:
+    prepare(server, kms, key, versions=3)
+    kek_create = re.compile(r"^/keys/(keymgmt-kek-[0-9a-f]+)/create$")
+
+    def keks_created() -> set[str]:
+        return {m.group(1) for r in vault_requests(fake)
+                if r.method == "POST" and (m := kek_create.match(r.path))}
+
+    before = keks_created()
+    distribute(server, kms, key, "encrypt,decrypt", "hsm")
+    assert len(keks_created() - before) == 1, "three versions, one key-exchange key"
+    cli(server, "write", "-f", f"keymgmt/key/{key}/rotate")
+    assert len(keks_created() - before) == 2, "the rotation's import run has its own"
+    assert fake.kek_count_alive() == 0
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="hsm",
+                        purposes={"encrypt", "decrypt"})
+
+
 @pytest.mark.parametrize("protection", ["hsm", "software"])
 @pytest.mark.parametrize("fault", ["429", "500", "503", "drop"])
 def test_transient_faults_are_retried(server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str,

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use super::backend::KeyManagement;
 use super::distribution::Distribution;
 use super::keys::{Key, rfc3339_nano};
-use super::provider::{Protection, ProviderError, Purpose, VersionState};
+use super::provider::{KmsProvider, Protection, ProviderError, Purpose, VersionState};
 use crate::framework::Error;
 
 /// Maps a provider failure to the status the user sees.
@@ -91,6 +91,37 @@ impl KeyManagement {
             .await
             .map_err(|e| with_context(e, &context))?;
         let target = record.target(key.key_type);
+        let imported = self
+            .import_missing(client.as_ref(), provider, key, &mut record, &context)
+            .await;
+        client.finish_imports(&target).await;
+        imported?;
+        let disabled: Vec<VersionState> = version_states(key, &record)
+            .into_iter()
+            .filter(|v| !v.enabled)
+            .collect();
+        if !disabled.is_empty() {
+            client.set_enabled(&target, &disabled).await.map_err(|e| {
+                with_context(
+                    provider_error(e),
+                    &format!("{context} (disabling versions below min_enabled_version)"),
+                )
+            })?;
+        }
+        Ok(record)
+    }
+
+    /// Imports, in order, every version the record does not hold yet,
+    /// recording each as soon as the provider has it.
+    async fn import_missing(
+        &self,
+        client: &dyn KmsProvider,
+        provider: &str,
+        key: &Key,
+        record: &mut Distribution,
+        context: &str,
+    ) -> Result<(), Error> {
+        let target = record.target(key.key_type);
         for (number, version) in &key.versions {
             if record.versions.contains_key(number) {
                 continue;
@@ -108,21 +139,9 @@ impl KeyManagement {
                     )
                 })?;
             record.versions.insert(*number, id);
-            self.distributions.put(provider, &key.name, &record).await?;
+            self.distributions.put(provider, &key.name, record).await?;
         }
-        let disabled: Vec<VersionState> = version_states(key, &record)
-            .into_iter()
-            .filter(|v| !v.enabled)
-            .collect();
-        if !disabled.is_empty() {
-            client.set_enabled(&target, &disabled).await.map_err(|e| {
-                with_context(
-                    provider_error(e),
-                    &format!("{context} (disabling versions below min_enabled_version)"),
-                )
-            })?;
-        }
-        Ok(record)
+        Ok(())
     }
 
     /// After a rotation: imports the versions each provider lacks. Every

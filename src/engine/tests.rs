@@ -463,6 +463,11 @@ async fn a_failed_distribution_resumes_without_duplicates() {
         msg.contains("writing to kms/az/key/k again resumes"),
         "{msg}"
     );
+    assert_eq!(
+        h.provider.state().finished.len(),
+        1,
+        "a failed run is finished too"
+    );
     let partial = h.ok("read", "kms/az/key/k", Value::Null).await;
     assert_eq!(partial["versions"].as_object().unwrap().len(), 0);
     // Repeating (purpose may be omitted now) completes the work.

@@ -247,6 +247,11 @@ pub trait KmsProvider: Send + Sync {
         material: &KeyMaterial,
     ) -> Result<String, ProviderError>;
 
+    /// Called once after a run of `import_version` calls for one target,
+    /// whether they succeeded or not, so the provider can release what it
+    /// set up for the run (Azure deletes its key-exchange key).
+    async fn finish_imports(&self, _target: &Target) {}
+
     /// Enables and disables provider-side versions.
     async fn set_enabled(
         &self,

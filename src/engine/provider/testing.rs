@@ -27,6 +27,8 @@ pub struct State {
     pub fail_set_enabled: u32,
     pub fail_remove: u32,
     pub connects: u32,
+    /// `finish_imports` calls, by provider key name.
+    pub finished: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -78,6 +80,10 @@ impl KmsProvider for TestProvider {
             enabled: true,
         });
         Ok(id)
+    }
+
+    async fn finish_imports(&self, target: &Target) {
+        self.state().finished.push(target.name.clone());
     }
 
     async fn set_enabled(

@@ -7,10 +7,11 @@
 //! being current; `min_enabled_version` is `PATCH attributes.enabled` per
 //! version; removal is `DELETE /keys/{name}` (soft delete).
 //!
-//! `protection=hsm` is Azure BYOK: a fresh RSA-HSM key-exchange key per
-//! import, the PKCS#8 private key wrapped under it with
-//! `CKM_RSA_AES_KEY_WRAP` (RSA-OAEP-SHA1), sent as `key_hsm`, then the KEK
-//! deleted whatever happened. `protection=software` sends the plain JWK
+//! `protection=hsm` is Azure BYOK: one RSA-HSM key-exchange key per import
+//! run (a distribution, or the import after a rotation), each version's
+//! PKCS#8 private key wrapped under it with `CKM_RSA_AES_KEY_WRAP`
+//! (RSA-OAEP-SHA1) and sent as `key_hsm`, then the KEK deleted whatever
+//! happened. `protection=software` sends the plain JWK
 //! over TLS with `Hsm: false`.
 //!
 //! Repeating an import is safe: each Azure version is tagged
@@ -68,12 +69,23 @@ pub fn connect(config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, Provider
         .map_err(|e| ProviderError::Config(format!("Azure Key Vault client: {e}")))?;
     Ok(Arc::new(AzureKeyVault {
         vault: KeyVault::new(client, retry::RetryPolicy::with_base(settings.retry_base)),
+        keks: tokio::sync::Mutex::default(),
     }))
 }
 
 /// One configured `azurekeyvault` provider.
 pub struct AzureKeyVault {
     vault: KeyVault,
+    /// The key-exchange key of each import run in progress, by target key
+    /// name: one KEK serves every version of a distribution, and
+    /// `finish_imports` deletes it.
+    keks: tokio::sync::Mutex<std::collections::HashMap<String, KekInVault>>,
+}
+
+/// A key-exchange key created in the vault for one import run.
+struct KekInVault {
+    name: String,
+    key: Key,
 }
 
 /// Azure key names are `^[0-9a-zA-Z-]{1,127}$`; a Vault key name outside
@@ -211,7 +223,7 @@ impl AzureKeyVault {
         self.import_body(target, version, material, &body).await
     }
 
-    /// BYOK: KEK, wrap, import, and the KEK's deletion even on failure.
+    /// BYOK: wrap under this run's KEK (created on first use) and import.
     /// Returns the version id and the time spent wrapping.
     async fn import_hsm(
         &self,
@@ -219,36 +231,54 @@ impl AzureKeyVault {
         version: u32,
         material: &KeyMaterial,
     ) -> Result<(String, std::time::Duration), ProviderError> {
+        let kek = {
+            let mut keks = self.keks.lock().await;
+            match keks.get(&target.name) {
+                Some(kek) => kek.key.clone(),
+                None => {
+                    let kek = self.create_kek().await?;
+                    let key = kek.key.clone();
+                    keks.insert(target.name.clone(), kek);
+                    key
+                }
+            }
+        };
+        self.wrap_and_import(target, version, material, &kek).await
+    }
+
+    /// Creates a key-exchange key. If the creation failed in a way that may
+    /// still have made one (retries ran out, a response was lost), it is
+    /// deleted before the error is returned.
+    async fn create_kek(&self) -> Result<KekInVault, ProviderError> {
         let vault = &self.vault;
-        let kek_name = format!("keymgmt-kek-{}", random_hex(16));
+        let name = format!("keymgmt-kek-{}", random_hex(16));
         let now = time::OffsetDateTime::now_utc();
         let created = vault
             .call_found(Op::CreateKek, "the key-exchange key", |_| {
-                vault.create_key(&kek_name, byok::kek_parameters(now))
+                vault.create_key(&name, byok::kek_parameters(now))
             })
             .await;
-        // A create that failed for good (refused, no permission) made no
-        // KEK; one that ran out of retries may have (a lost response).
-        let may_exist = matches!(created, Ok(_) | Err(ProviderError::Unavailable(_)));
-        let result = match created {
-            Ok(kek) => self.wrap_and_import(target, version, material, &kek).await,
-            Err(e) => Err(e),
-        };
-        if !may_exist {
-            return result;
+        match created {
+            Ok(key) => Ok(KekInVault { name, key }),
+            Err(err @ ProviderError::Unavailable(_)) => {
+                self.delete_kek(&name).await;
+                Err(err)
+            }
+            Err(err) => Err(err),
         }
-        // Deleted whether or not the import worked: a KEK is single-use.
+    }
+
+    /// Deletes a key-exchange key; a failure is logged, not returned: the
+    /// KEK expires within a day anyway, and the import it served is done.
+    async fn delete_kek(&self, name: &str) {
+        let vault = &self.vault;
         // 404 is fine.
-        if let Err(e) = vault
-            .call(Op::Delete, |_| vault.delete_key(&kek_name))
-            .await
-        {
+        if let Err(e) = vault.call(Op::Delete, |_| vault.delete_key(name)).await {
             log::warn!(
-                "azure key vault: could not delete key-exchange key {kek_name} in {} (it expires within a day; delete it by hand): {e}",
+                "azure key vault: could not delete key-exchange key {name} in {} (it expires within a day; delete it by hand): {e}",
                 vault.vault
             );
         }
-        result
     }
 
     async fn wrap_and_import(
@@ -322,6 +352,13 @@ impl KmsProvider for AzureKeyVault {
             self.vault.vault
         );
         Ok(id)
+    }
+
+    async fn finish_imports(&self, target: &Target) {
+        let kek = self.keks.lock().await.remove(&target.name);
+        if let Some(kek) = kek {
+            self.delete_kek(&kek.name).await;
+        }
     }
 
     async fn set_enabled(
