@@ -12,7 +12,7 @@ import (`total_us`); the share is the summed `wrap_us` over the summed
 distribution wall time.
 
 What the rest is: HTTPS round trips to the fake, and above all the fake
-generating a 4096-bit key-exchange key per BYOK import in Python, plus
+generating a 4096-bit key-exchange key per BYOK import run in Python, plus
 unwrapping and validating every request. A real vault's latency replaces
 those; our wrapping cost does not change.
 """
@@ -119,7 +119,7 @@ def main() -> int:
         failures = fake.validation_failures
 
     print(f"Azure distribution into the HTTPS fake, {args.keys} keys x {args.versions} versions per row "
-          f"(purpose encrypt,decrypt; KEK RSA-HSM 4096 per BYOK import)")
+          f"(purpose encrypt,decrypt; one RSA-HSM 4096 KEK per distribution)")
     header = f"{'type':<9} {'protection':<10} {'versions':>8} {'ms/version p50':>15} {'mean':>8} " \
              f"{'plugin import p50':>18} {'wrap p50':>9} {'wrap share':>11}"
     print(header)
