@@ -124,6 +124,17 @@ impl KeyType {
         Self::EcdsaP521,
     ];
 
+    /// The wire names of [`KeyType::ALL`], in the same order.
+    pub const NAMES: [&'static str; 7] = {
+        let mut names = [""; 7];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Self::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+
     /// The wire name, as accepted in `type` and returned on read.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -13,15 +13,7 @@ use crate::framework::{
     Error, Field, FieldType, Operation, Path, Request, Response, existence, handler,
 };
 
-const KEY_TYPES: &[&str] = &[
-    "aes256-gcm96",
-    "rsa-2048",
-    "rsa-3072",
-    "rsa-4096",
-    "ecdsa-p256",
-    "ecdsa-p384",
-    "ecdsa-p521",
-];
+const KEY_TYPES: &[&str] = &KeyType::NAMES;
 
 fn name_field() -> Field {
     Field::new("name", FieldType::Name, "Name of the key.")
