@@ -102,7 +102,7 @@ async fn list_distributed(
 }
 
 fn parse_purposes(req: &Request) -> Result<Option<Vec<Purpose>>, Error> {
-    let Some(raw) = req.strings("purpose").filter(|_| req.is_set("purpose")) else {
+    let Some(raw) = req.strings("purpose") else {
         return Ok(None);
     };
     let mut purposes = Vec::new();
