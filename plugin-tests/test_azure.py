@@ -491,6 +491,61 @@ def test_failure_part_way_is_resumed_without_duplicates(
                         protection="hsm", purposes={"decrypt"})
 
 
+@pytest.mark.parametrize(("method", "path", "permission", "step"), [
+    ("POST", r"/keys/keymgmt-kek-[0-9a-f]+/create$", "create", "distribute"),
+    ("PUT", r"/keys/{name}$", "import", "distribute"),
+    ("PATCH", r"/keys/{name}/[0-9a-f]+$", "update", "min_enabled_version"),
+    ("DELETE", r"/keys/{name}$", "delete", "remove"),
+])
+def test_a_missing_permission_is_named_and_changes_nothing(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str,
+    method: str, path: str, permission: str, step: str,
+) -> None:
+    """Azure answers 403 when the access policy lacks a key permission."""
+    prepare(server, kms, key, versions=2)
+    if step != "distribute":
+        distribute(server, kms, key, "sign", "hsm")
+    name = distribution(server, kms, key)["name"] if step != "distribute" else f"{key}-\\d+"
+    pattern = re.compile("^" + path.format(name=name))
+    denied = []
+
+    def deny(original: Callable[[Any], Any], request: Any) -> Any:
+        if request.method == method and pattern.search(request.path):
+            denied.append(request.path)
+            return Response(403, {"error": {"code": "Forbidden",
+                                            "message": "The user does not have keys permission."}})
+        return original(request)
+
+    before = read_json(server, f"keymgmt/kms/{kms}/key/{key}") if step != "distribute" else None
+    with intercept(fake, deny):
+        if step == "distribute":
+            result = distribute(server, kms, key, "sign", "hsm", check=False)
+        elif step == "min_enabled_version":
+            result = cli(server, "write", f"keymgmt/key/{key}", "min_enabled_version=2", check=False)
+        else:
+            result = cli(server, "delete", f"keymgmt/kms/{kms}/key/{key}", check=False)
+    assert denied, "the denied call was made"
+    assert len(denied) == 1, "a 403 is not retried"
+    assert result.returncode != 0 and "Code: 400" in result.stderr, result.stderr
+    assert f'the "{permission}" key permission' in result.stderr, result.stderr
+    assert fake.kek_count_alive() == 0
+    if step == "remove":
+        assert read_json(server, f"keymgmt/kms/{kms}/key/{key}") == before, "the record is kept"
+    # With the permission granted, the same request completes the work.
+    if step == "distribute":
+        distribute(server, kms, key, "sign", "hsm")
+    elif step == "min_enabled_version":
+        cli(server, "write", f"keymgmt/key/{key}", "min_enabled_version=2")
+        assert [v.enabled for v in fake.versions(distribution(server, kms, key)["name"])] == [False, True]
+        return
+    else:
+        cli(server, "delete", f"keymgmt/kms/{kms}/key/{key}")
+        assert before is not None and before["name"] in fake.deleted_keys()
+        return
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key),
+                        protection="hsm", purposes={"sign"})
+
+
 def test_rotation_failure_is_reported_and_repeatable(
     server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str
 ) -> None:

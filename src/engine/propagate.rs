@@ -153,7 +153,7 @@ impl KeyManagement {
                 .distribute(&provider, key, record.purposes(), record.protection)
                 .await
             {
-                failures.push(err.to_string());
+                failures.push(err);
             }
         }
         // Not "repeat the request": another rotation would add a version.
@@ -181,7 +181,7 @@ impl KeyManagement {
             }
             .await;
             if let Err(err) = result {
-                failures.push(format!("KMS provider {provider:?}: {err}"));
+                failures.push(with_context(err, &format!("KMS provider {provider:?}")));
             }
         }
         summarize(
@@ -215,16 +215,26 @@ impl KeyManagement {
     }
 }
 
-/// One error for several providers' failures, saying what did happen.
-fn summarize(failures: Vec<String>, done: &str, retry_hint: &str) -> Result<(), Error> {
+/// One error for several providers' failures, saying what did happen. It
+/// is a 400 when every failure is one the operator must fix (permissions,
+/// configuration, refused input), and a 502 when any provider was
+/// unavailable or failed.
+fn summarize(failures: Vec<Error>, done: &str, retry_hint: &str) -> Result<(), Error> {
     if failures.is_empty() {
         return Ok(());
     }
-    Err(Error::Coded {
-        status: 502,
-        message: format!(
-            "{done}, but updating KMS providers failed{retry_hint}: {}",
-            failures.join("; ")
-        ),
+    let all_user_errors = failures.iter().all(|e| matches!(e, Error::BadRequest(_)));
+    let details: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    let message = format!(
+        "{done}, but updating KMS providers failed{retry_hint}: {}",
+        details.join("; ")
+    );
+    Err(if all_user_errors {
+        Error::BadRequest(message)
+    } else {
+        Error::Coded {
+            status: 502,
+            message,
+        }
     })
 }
