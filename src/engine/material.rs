@@ -124,6 +124,15 @@ impl KeyMaterial {
         Self::from_bytes(key_type, bytes)
     }
 
+    /// Material from validated canonical PKCS#8 and its public key.
+    fn asymmetric(key_type: KeyType, pkcs8: &[u8], spki: &[u8]) -> Self {
+        Self {
+            key_type,
+            secret: Zeroizing::new(pkcs8.to_vec()),
+            public_der: Some(spki.to_vec()),
+        }
+    }
+
     /// Validates material loaded from storage (or otherwise supplied).
     ///
     /// RSA and EC input must be exactly one DER PKCS#8 structure (v1 or v2;
@@ -165,11 +174,7 @@ impl KeyMaterial {
                     .public_key()
                     .as_der()
                     .map_err(|_| encode("SubjectPublicKeyInfo"))?;
-                Ok(Self {
-                    key_type,
-                    secret: Zeroizing::new(der.as_ref().to_vec()),
-                    public_der: Some(spki.as_ref().to_vec()),
-                })
+                Ok(Self::asymmetric(key_type, der.as_ref(), spki.as_ref()))
             }
             (None, Some(curve)) => {
                 // from_pkcs8 rejects keys on a different curve, and runs
@@ -182,11 +187,7 @@ impl KeyMaterial {
                     .public_key()
                     .as_der()
                     .map_err(|_| encode("SubjectPublicKeyInfo"))?;
-                Ok(Self {
-                    key_type,
-                    secret: Zeroizing::new(der.as_ref().to_vec()),
-                    public_der: Some(spki.as_ref().to_vec()),
-                })
+                Ok(Self::asymmetric(key_type, der.as_ref(), spki.as_ref()))
             }
             (None, None) => {
                 if bytes.len() != AES256_KEY_LEN {

@@ -242,6 +242,27 @@ mod tests {
     use super::*;
     use crate::engine::key_type::KeyType;
     use crate::engine::material::test_support::{TempDir, openssl, sample};
+
+    /// RSA-OAEP decryption by the openssl CLI, with `md` for both the OAEP
+    /// hash and MGF1, from a DER private key file.
+    fn openssl_oaep_decrypt(key: &std::path::Path, input: &std::path::Path, md: &str) -> Vec<u8> {
+        openssl(&[
+            "pkeyutl",
+            "-decrypt",
+            "-inkey",
+            key.to_str().unwrap(),
+            "-keyform",
+            "DER",
+            "-in",
+            input.to_str().unwrap(),
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            &format!("rsa_oaep_md:{md}"),
+            "-pkeyopt",
+            &format!("rsa_mgf1_md:{md}"),
+        ])
+    }
     use aes_kw::{KekAes192, KekAes256};
     use aws_lc_rs::rsa::PrivateDecryptingKey;
     use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey};
@@ -374,22 +395,7 @@ mod tests {
             let ct = rsa_oaep_encrypt(&kek_public(KeyType::Rsa3072), hash, material).unwrap();
             assert_eq!(ct.len(), 384);
             let ct_file = dir.write("ct.bin", &ct);
-            let pt = openssl(&[
-                "pkeyutl",
-                "-decrypt",
-                "-inkey",
-                kek.to_str().unwrap(),
-                "-keyform",
-                "DER",
-                "-in",
-                ct_file.to_str().unwrap(),
-                "-pkeyopt",
-                "rsa_padding_mode:oaep",
-                "-pkeyopt",
-                &format!("rsa_oaep_md:{md}"),
-                "-pkeyopt",
-                &format!("rsa_mgf1_md:{md}"),
-            ]);
+            let pt = openssl_oaep_decrypt(&kek, &ct_file, md);
             assert_eq!(pt, material, "{md}");
         }
     }
@@ -475,22 +481,7 @@ mod tests {
                 let blob = rsa_aes_key_wrap(&public, hash, pt).unwrap();
                 let ek = dir.write("ek.bin", &blob[..k]);
                 let wrapped = dir.write("wrapped.bin", &blob[k..]);
-                let aes_key = Zeroizing::new(openssl(&[
-                    "pkeyutl",
-                    "-decrypt",
-                    "-inkey",
-                    kek_file.to_str().unwrap(),
-                    "-keyform",
-                    "DER",
-                    "-in",
-                    ek.to_str().unwrap(),
-                    "-pkeyopt",
-                    "rsa_padding_mode:oaep",
-                    "-pkeyopt",
-                    &format!("rsa_oaep_md:{md}"),
-                    "-pkeyopt",
-                    &format!("rsa_mgf1_md:{md}"),
-                ]));
+                let aes_key = Zeroizing::new(openssl_oaep_decrypt(&kek_file, &ek, md));
                 assert_eq!(aes_key.len(), 32, "{kek_type}/{md}");
                 let unwrapped = openssl(&[
                     "enc",
