@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import re
 import selectors
@@ -18,7 +19,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import requests
 from cryptography import x509
@@ -221,6 +222,17 @@ def cli(server: BaoServer, *args: str, check: bool = True) -> subprocess.Complet
     if check and result.returncode != 0:
         raise CliError(result)
     return result
+
+
+def http(server: BaoServer, method: str, path: str, **kwargs: Any) -> requests.Response:
+    """A raw HTTP API call (`/v1/<path>`) with the server's root token."""
+    kwargs.setdefault("timeout", 120)
+    return requests.request(method, f"{server.addr}/v1/{path}", headers={"X-Vault-Token": server.token}, **kwargs)
+
+
+def read_key(server: BaoServer, name: str, mount: str = MOUNT) -> dict[str, Any]:
+    """The key's data as `vault read -format=json` shows it."""
+    return json.loads(cli(server, "read", "-format=json", f"{mount}/key/{name}").stdout)["data"]
 
 
 def install_plugin(server: BaoServer) -> None:

@@ -25,7 +25,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness import MOUNT, BaoServer, cli
+from harness import MOUNT, BaoServer, cli, http, read_key
 
 FreshServer = Callable[[], BaoServer]
 
@@ -50,15 +50,6 @@ RFC3339_FRACTIONAL = re.compile(
 
 # -- helpers -------------------------------------------------------------------
 
-
-def http(server: BaoServer, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(
-        method,
-        f"{server.addr}/v1/{path}",
-        headers={"X-Vault-Token": server.token},
-        timeout=120,
-        **kwargs,
-    )
 
 
 def errors_of(resp: requests.Response) -> str:
@@ -93,10 +84,6 @@ def rotate(server: BaoServer, name: str) -> None:
     out = cli(server, "write", "-f", f"{MOUNT}/key/{name}/rotate")
     assert out.stdout == f"Success! Data written to: {MOUNT}/key/{name}/rotate\n", out.stdout
 
-
-def read_key(server: BaoServer, name: str, mount: str = MOUNT) -> dict[str, Any]:
-    """The key's data as `vault read -format=json` shows it."""
-    return json.loads(cli(server, "read", "-format=json", f"{mount}/key/{name}").stdout)["data"]
 
 
 def read_key_http(server: BaoServer, name: str, session: requests.Session | None = None) -> dict[str, Any]:

@@ -14,13 +14,12 @@ from collections.abc import Iterator
 import hvac
 import pytest
 
-from harness import MOUNT, BaoServer, cli, plugin_pids, wait_for
+from harness import MOUNT, BaoServer, cli, http, plugin_pids, wait_for
 from test_keys_api import (
     DOC_KMS_SECRETS,
     assert_cli_error,
     assert_http_error,
     create_key,
-    http,
     shell,
 )
 

@@ -10,10 +10,8 @@ import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import hvac
-import requests
 
 from harness import (
     HANDSHAKE_RE,
@@ -22,9 +20,11 @@ from harness import (
     BaoServer,
     cli,
     host_plugin_env,
+    http,
     kill_plugins,
     plugin_pids,
     read_handshake,
+    read_key,
     require_plugin_binary,
     spawn_plugin,
     stop_process,
@@ -38,18 +38,6 @@ def create_key(server: BaoServer, name: str, key_type: str = "rsa-2048", mount: 
     cli(server, "write", "-f", f"{mount}/key/{name}", f"type={key_type}")
 
 
-def read_key(server: BaoServer, name: str, mount: str = MOUNT) -> dict[str, Any]:
-    return json.loads(cli(server, "read", "-format=json", f"{mount}/key/{name}").stdout)["data"]
-
-
-def api(server: BaoServer, method: str, path: str, **kwargs: Any) -> requests.Response:
-    return requests.request(
-        method,
-        f"{server.addr}/v1/{path}",
-        headers={"X-Vault-Token": server.token},
-        timeout=60,
-        **kwargs,
-    )
 
 
 def single_plugin_pid(server: BaoServer) -> int:
@@ -133,7 +121,7 @@ def test_path_help(server: BaoServer, name: str) -> None:
 
 
 def test_openapi_includes_key_paths(server: BaoServer) -> None:
-    resp = api(server, "GET", "sys/internal/specs/openapi")
+    resp = http(server, "GET", "sys/internal/specs/openapi")
     assert resp.status_code == 200, resp.text
     paths = resp.json()["paths"]
     assert any(p.startswith(f"/{MOUNT}/key/") for p in paths), sorted(paths)
@@ -197,10 +185,10 @@ def test_bad_input_is_rejected_and_plugin_keeps_serving(
     assert "Code: 400" in bad_version.stderr, bad_version.stderr
     assert "min_enabled_version" in bad_version.stderr
 
-    resp = api(server, "POST", f"{MOUNT}/key/{name}-huge", json={"type": "x" * (1 << 20)})
+    resp = http(server, "POST", f"{MOUNT}/key/{name}-huge", json={"type": "x" * (1 << 20)})
     assert 400 <= resp.status_code < 500, (resp.status_code, resp.text[:500])
 
-    resp = api(server, "GET", f"{MOUNT}/nope")
+    resp = http(server, "GET", f"{MOUNT}/nope")
     assert resp.status_code in (404, 405), resp.text
 
     assert client.read(f"{MOUNT}/key/{name}")["data"]["name"] == name
