@@ -47,10 +47,10 @@ fn proto_error(err_type: u32, err_msg: String, err_code: i64) -> pb::ProtoError 
     }
 }
 
-fn data_reply(data: &Map<String, Value>, warnings: Vec<String>) -> pb::HandleRequestReply {
+fn data_reply(data: Map<String, Value>, warnings: Vec<String>) -> pb::HandleRequestReply {
     pb::HandleRequestReply {
         response: Some(pb::Response {
-            data: Value::Object(data.clone()).to_string(),
+            data: Value::Object(data).to_string(),
             warnings,
             ..Default::default()
         }),
@@ -65,7 +65,7 @@ fn error_reply(err: Error) -> pb::HandleRequestReply {
         Error::BadRequest(message) => {
             let mut data = Map::new();
             data.insert("error".into(), message.into());
-            return data_reply(&data, Vec::new());
+            return data_reply(data, Vec::new());
         }
         Error::NotFound(message) => proto_error(ERR_CODED, message, 404),
         Error::Coded { status, message } => proto_error(ERR_CODED, message, i64::from(status)),
@@ -205,15 +205,12 @@ impl<B: Lifecycle> Backend<B> {
             };
             data.insert("help".into(), help::path_help(&request.path, path).into());
             data.insert("see_also".into(), Value::Array(Vec::new()));
-            let mut doc = help::openapi_document(std::slice::from_ref(path), path.synopsis);
-            doc["paths"] = Value::Object(
-                [(path.openapi_path(), help::path_item(path))]
-                    .into_iter()
-                    .collect(),
+            data.insert(
+                "openapi".into(),
+                help::openapi_document(std::slice::from_ref(path), path.synopsis),
             );
-            data.insert("openapi".into(), doc);
         }
-        data_reply(&data, Vec::new())
+        data_reply(data, Vec::new())
     }
 
     async fn dispatch(&self, mut request: pb::Request) -> pb::HandleRequestReply {
@@ -244,10 +241,10 @@ impl<B: Lifecycle> Backend<B> {
                 warnings: mut extra,
             })) => {
                 warnings.append(&mut extra);
-                data_reply(&data, warnings)
+                data_reply(data, warnings)
             }
             // A write without data still has to carry its warnings.
-            Ok(None) if !warnings.is_empty() => data_reply(&Map::new(), warnings),
+            Ok(None) if !warnings.is_empty() => data_reply(Map::new(), warnings),
             Ok(None) => pb::HandleRequestReply::default(),
             Err(err) => {
                 if let Error::Internal(message) = &err {
