@@ -418,8 +418,9 @@ class BaoCluster:
         """Poll `GET probe_path` on each node until it answers with a status in `ok`.
 
         Why: a standby sets up a mount only when the replicated mount table
-        reaches it and its plugin has started; until then it answers 5xx (or
-        routes nowhere). A test that reads through a standby right after
+        reaches it and its plugin has started; until then it answers 5xx, or
+        404 "no handler for route" (which must not pass for the engine's own
+        404 of a missing key). A test that reads through a standby right after
         `secrets enable` would otherwise fail at random.
         """
         wanted = set(ok)
@@ -429,9 +430,35 @@ class BaoCluster:
             def works(i: int = i, last: list[str] = last) -> bool:
                 resp = self.http(i, "GET", probe_path, timeout=10)
                 last[:] = [f"{resp.status_code} {resp.text[:200]}"]
-                return resp.status_code in wanted
+                return resp.status_code in wanted and "no handler for route" not in resp.text
 
             self._poll(works, f"GET {probe_path} on node{i} in {sorted(wanted)} (last: {last})")
+
+    def converge(
+        self, check: Callable[[int], bool], nodes: Iterable[int] | None = None,
+        timeout: float | None = None, what: str = "a condition",
+    ) -> dict[int, float]:
+        """Poll check(i) on each node until it holds everywhere; return the seconds
+        each node took, counted from the call.
+
+        Why: standbys apply the leader's Raft log some 50-100 ms after a write is
+        acknowledged, so a read through a standby right after a write may still
+        see the old state. Tests of replication must wait, and the harness says
+        how long the wait was.
+        """
+        t0 = time.monotonic()
+        todo = list(nodes if nodes is not None else (n.index for n in self.nodes if n.running))
+        took: dict[int, float] = {}
+
+        def all_done() -> bool:
+            for i in list(todo):
+                if check(i):
+                    took[i] = round(time.monotonic() - t0, 3)
+                    todo.remove(i)
+            return not todo
+
+        self._poll(all_done, f"{what} on nodes {todo}", timeout=timeout, interval=0.02)
+        return took
 
     # ----- state ----------------------------------------------------------
 
@@ -496,14 +523,18 @@ class BaoCluster:
         return []
 
     def wait_for_leader(
-        self, exclude: Iterable[int] = (), timeout: float = 60
+        self, exclude: Iterable[int] = (), timeout: float = 60, writable: bool = True
     ) -> tuple[int, float]:
         """Wait for one active node outside `exclude` that every other running node
-        names as leader; return (its index, seconds waited).
+        names as leader and, when `writable`, through which every running node
+        accepts a write; return (its index, seconds waited).
 
-        Why "every other node names it": a standby that still points at the old
-        leader forwards nothing (it answers 307 or 5xx), so a new active node
-        alone does not make the cluster usable.
+        Why both: a standby that still points at the old leader forwards nothing,
+        and even one that names the new leader answers writes with 307 for a few
+        hundred ms after a failover, until its forwarding connection to the new
+        active node is up (the dial fails "tls: internal error" while that node
+        is still setting up its cluster listener). A new active node alone does
+        not make the cluster usable.
         """
         excluded = set(exclude)
         t0 = time.monotonic()
@@ -522,11 +553,32 @@ class BaoCluster:
                     return False
                 if data.get("leader_address") != addr:
                     return False
+            if writable and not all(self.probe_write(i) for i in candidates):
+                return False
             found[:] = active
             return True
 
         self._poll(settled, f"a leader outside {sorted(excluded)}", timeout=timeout, interval=0.05)
         return found[0], time.monotonic() - t0
+
+    def probe_write(self, i: int) -> bool:
+        """Whether a harmless, idempotent write through node i succeeds now.
+
+        It writes a deny-only ACL policy (sys/policies/acl/harness-probe), which a
+        standby must forward; the status goes through raw requests so that the
+        expected 307s of a failover do not land in `self.redirects`.
+        """
+        try:
+            resp = self._session(i).put(
+                f"{self.nodes[i].addr}/v1/sys/policies/acl/harness-probe",
+                headers={"X-Vault-Token": self.token},
+                json={"policy": 'path "harness-probe/*" { capabilities = ["deny"] }'},
+                allow_redirects=False,
+                timeout=5,
+            )
+        except requests.RequestException:
+            return False
+        return resp.status_code in (200, 204)
 
     # ----- talking to one node ---------------------------------------------
 
