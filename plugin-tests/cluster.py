@@ -130,12 +130,25 @@ def pids_of_executable(target: Path) -> list[int]:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process, from /proc/<pid>/stat."""
-    fields = _proc_stat(pid)
-    if fields is None:
-        raise ProcessLookupError(pid)
-    # After the ")" field 0 is state; utime and stime are stat fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time a live process has used so far, in seconds, at nanosecond resolution.
+
+    Why not utime+stime of /proc/<pid>/stat: those count 10 ms ticks, coarser
+    than a whole AES key creation. The scheduler's per-thread run time
+    (/proc/<pid>/task/*/schedstat, first field, ns) is exact; summed over the
+    threads alive now it misses threads that have exited, which neither the
+    Go host nor the plugin's Tokio workers do while a benchmark runs.
+    """
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        raise ProcessLookupError(pid) from None
+    for tid in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread exited meanwhile
+    return total / 1e9
 
 
 @dataclass
