@@ -218,17 +218,21 @@ class BaoCluster:
         mount: bool = True,
         stabilization_time: str = DEFAULT_STABILIZATION,
         raft_options: dict[str, str | int] | None = None,
+        version: str | None = None,
         timeout: float = 90,
     ) -> None:
         """`binary` is installed as is: pass a private copy (snapshot_plugin_binary)
         when the build may change underneath. `env` adds variables to every node's
         (and so every plugin's) environment; None removes one. `raft_options` are
-        extra keys of the `storage "raft"` stanza (e.g. performance_multiplier)."""
+        extra keys of the `storage "raft"` stanza (e.g. performance_multiplier).
+        `version` is registered with the plugin (default: Cargo.toml's, as
+        harness.plugin_version()); the host refuses a binary that reports another."""
         if n < 1:
             raise ValueError("a cluster needs at least one node")
         self.base_dir = Path(base_dir).resolve()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.binary = Path(binary)
+        self.version = version if version is not None else plugin_version()
         self.stabilization_time = stabilization_time
         self.raft_options = {**DEFAULT_RAFT_OPTIONS, **(raft_options or {})}
         self.timeout = timeout
@@ -409,7 +413,7 @@ class BaoCluster:
                 "register",
                 f"-sha256={sha256_of(node.plugin_path)}",
                 f"-command={PLUGIN_NAME}",
-                f"-version={plugin_version()}",
+                f"-version={self.version}",
                 "secret",
                 MOUNT,
             )
@@ -666,8 +670,8 @@ class BaoCluster:
     def log_tail(self, i: int, lines: int = 60) -> str:
         return "\n".join(self.log_text(i).splitlines()[-lines:])
 
-    def kill(self, i: int, sig: int = signal.SIGKILL, timeout: float = 30) -> None:
-        """Send `sig` to node i's bao process (not its plugin) and wait for it to exit.
+    def kill(self, i: int, signal: int = signal.SIGKILL, timeout: float = 30) -> None:
+        """Send `signal` to node i's bao process (not its plugin) and wait for it to exit.
 
         Only the server is signalled, as when a host process crashes: the
         plugin must notice the lost connection and exit by itself.
@@ -676,7 +680,7 @@ class BaoCluster:
         if not node.running:
             raise RuntimeError(f"node{i} is not running")
         assert node.proc is not None
-        node.proc.send_signal(sig)
+        node.proc.send_signal(signal)
         node.proc.wait(timeout)
 
     def stop(self, i: int, timeout: float = 30) -> int:

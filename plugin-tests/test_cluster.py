@@ -162,10 +162,10 @@ def test_standby_write_sequences_succeed(cluster: BaoCluster) -> None:
 
 def test_sigkill_leader_fails_over_and_killed_node_catches_up(cluster: BaoCluster) -> None:
     old = cluster.leader()
-    old_plugins = cluster.plugin_pids(old)
-    assert old_plugins
+    plugins_before = {i: cluster.plugin_pids(i) for i in range(3)}
+    assert all(len(p) == 1 for p in plugins_before.values()), plugins_before
     t0 = time.monotonic()
-    cluster.kill(old, signal.SIGKILL)
+    cluster.kill(old, signal=signal.SIGKILL)
 
     # The killed server's plugin notices the lost connection and exits by itself.
     assert wait_for(lambda: not cluster.plugin_pids(old), timeout=5), cluster.plugin_pids(old)
@@ -183,10 +183,14 @@ def test_sigkill_leader_fails_over_and_killed_node_catches_up(cluster: BaoCluste
     assert ok(resp.status_code), resp.text
     first_write = time.monotonic() - t0
     print(f"SIGKILL node{old}: node{new} leader after {waited:.2f}s, first keymgmt write after {first_write:.2f}s")
+    # Promotion tears down the standby-mode mount and starts a fresh plugin
+    # (empty caches); the node that stays a standby keeps its process.
+    remaining_standby = next(i for i in range(3) if i not in (old, new))
+    assert cluster.plugin_pids(new) != plugins_before[new]
+    assert cluster.plugin_pids(remaining_standby) == plugins_before[remaining_standby]
 
     # A key written while the old leader is down ...
     down_key = unique("while-down")
-    remaining_standby = next(i for i in range(3) if i not in (old, new))
     resp = cluster.http(remaining_standby, "POST", f"{MOUNT}/key/{down_key}", json={"type": "aes256-gcm96"})
     assert ok(resp.status_code), resp.text
 
