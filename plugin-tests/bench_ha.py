@@ -200,7 +200,8 @@ def print_work(results: Results, standby_log: str) -> None:
     print()
     print("keymgmt creates sent to the standby: did the standby's plugin generate the key too?")
     print("  (one generation = the active plugin's mean CPU per create of that type, over all its creates;")
-    print("  RSA prime search varies a lot from key to key, so small N gives rough shares)")
+    print("  for AES and ECDSA it is mostly request handling, generation takes microseconds; RSA prime")
+    print("  search varies a lot from key to key, so a small N gives rough shares)")
     seen = set(READONLY_LINE.findall(standby_log))
     for key_type in TYPES:
         names = results.standby_names[key_type]
@@ -213,7 +214,7 @@ def print_work(results: Results, standby_log: str) -> None:
         twice = logged == len(names) and share >= 0.3
         print(f"  {key_type:<13} read-only error logged on the standby for {logged}/{len(names)};"
               f" standby plugin {sb * 1000:.1f} ms/create = {share:.2f} x one generation"
-              f" ({one * 1000:.1f} ms) -> {'yes, generated twice' if twice else 'no'}")
+              f" ({one * 1000:.1f} ms) -> {'yes: ran the create, key generation included, twice' if twice else 'no'}")
 
 
 def main() -> int:
@@ -257,14 +258,18 @@ def main() -> int:
     print_latency(results, counts, args.reads)
     print_work(results, standby_log)
     print()
-    print("How: one 3-node Raft cluster (not dev mode) on 127.0.0.1, transit and keymgmt mounted side by side;")
-    print("  requests go sequentially over one keep-alive connection per node, redirects not followed")
-    print(f"  ({len(redirects)} seen); creates rotate over engine x node so drift hits all alike. A create's")
-    print("  time and its CPU window (sum of /proc/<pid>/task/*/schedstat run time) end at its HTTP response;")
-    print("  before the next create the key is polled for on the standby (replication settles). Reads are GETs")
-    print("  of one key per type, created on the active node. Standby log: plugin lines 'request failed:")
-    print("  storage: cannot write to readonly storage ... path=key/<name>', matched per key name.")
-    print(f"  Total run time {elapsed:.0f}s.")
+    for line in (
+        "How: one 3-node Raft cluster (not dev mode) on 127.0.0.1, transit and keymgmt mounted side by side.",
+        "  Requests go one at a time over one keep-alive connection per node; redirects are not followed",
+        f"  ({len(redirects)} seen). Creates rotate over engine x node, so that drift hits all alike. A create's",
+        "  time and its CPU window (run time summed over /proc/<pid>/task/*/schedstat of the four processes)",
+        "  end at its HTTP response; before the next create the key is polled for on the standby, so that",
+        "  replication settles outside the windows. Reads are GETs of one key per type and engine, created",
+        "  on the active node. Standby log: the plugin's 'request failed: storage: cannot write to readonly",
+        "  storage ... path=key/<name>' lines, matched per key name.",
+        f"  Total run time {elapsed:.0f}s.",
+    ):
+        print(line)
     return 0
 
 
