@@ -8,6 +8,8 @@
 //! - [`engine`]: the keymgmt backend itself (keys, KMS providers,
 //!   distribution).
 
+#![forbid(unsafe_code)]
+
 pub mod engine;
 pub mod framework;
 pub mod runtime;

@@ -1,5 +1,7 @@
 //! `vault-plugin-secrets-keymgmt`: launched by Vault or OpenBao, never by hand.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 fn main() {

@@ -1,19 +1,22 @@
 //! Distribution records: which key went to which provider, under which
 //! provider-side name, and the provider's id for each Vault version.
 //!
-//! The record is written before the first import and after each one, so a
-//! failure half-way leaves an exact account of what the provider holds and
-//! a repeated request resumes instead of importing twice.
+//! The record is written before each import and after it, so a failure
+//! half-way leaves an exact account of what the provider holds (and of
+//! what it may hold without Vault having heard back), and a repeated
+//! request resumes instead of importing twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::key_type::KeyType;
+use super::keys::{Key, rfc3339_nano};
 use super::provider::{Protection, Purpose, Target};
 use crate::framework::Error;
+use crate::framework::error::quote;
 use crate::runtime::storage::{Storage, StorageEntry};
 
 pub const DISTRIBUTION_PREFIX: &str = "distribution/";
@@ -22,29 +25,78 @@ pub const DISTRIBUTION_PREFIX: &str = "distribution/";
 pub struct Distribution {
     /// Provider-side key name: `<key>-<unix seconds>`.
     pub name: String,
-    pub purposes: Vec<String>,
+    /// Unique id, written into provider-side tags (see [`Target::id`]).
+    #[serde(default)]
+    pub id: String,
+    /// Sorted and without duplicates.
+    pub purposes: Vec<Purpose>,
     pub protection: Protection,
     pub distribution_time: String,
     /// Vault version -> provider version id.
     pub versions: BTreeMap<u32, String>,
+    /// Versions whose import began but is not recorded: an attempt may
+    /// have reached the provider without Vault hearing back.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub started: BTreeSet<u32>,
+    /// Whether the key has been replicated to its replica regions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replicated: bool,
 }
 
 impl Distribution {
-    pub fn purposes(&self) -> Vec<Purpose> {
-        self.purposes
-            .iter()
-            .filter_map(|p| Purpose::parse(p))
-            .collect()
-    }
-
-    pub fn target(&self, key_type: KeyType) -> Target {
-        Target {
-            name: self.name.clone(),
-            key_type,
-            purposes: self.purposes(),
-            protection: self.protection,
+    /// A new, empty record for distributing `key` at `now`.
+    pub fn new(
+        key: &str,
+        mut purposes: Vec<Purpose>,
+        protection: Protection,
+        now: OffsetDateTime,
+    ) -> Self {
+        purposes.sort();
+        purposes.dedup();
+        Self {
+            name: format!("{key}-{}", now.unix_timestamp()),
+            id: random_id(),
+            purposes,
+            protection,
+            distribution_time: rfc3339_nano(now),
+            versions: BTreeMap::new(),
+            started: BTreeSet::new(),
+            replicated: false,
         }
     }
+
+    /// The purposes as the API shows them: sorted and comma-joined.
+    pub fn purpose_list(&self) -> String {
+        self.purposes
+            .iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn target(&self, key: &Key) -> Target {
+        Target {
+            name: self.name.clone(),
+            id: if self.id.is_empty() {
+                self.name.clone()
+            } else {
+                self.id.clone()
+            },
+            key_name: key.name.clone(),
+            key_type: key.key_type,
+            purposes: self.purposes.clone(),
+            protection: self.protection,
+            replica_regions: key.replica_regions.clone(),
+            replicated: self.replicated,
+        }
+    }
+}
+
+/// 128 random bits, hex: unique across mounts and clusters.
+fn random_id() -> String {
+    (0..16)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 pub struct DistributionStore {
@@ -66,7 +118,9 @@ impl DistributionStore {
         };
         serde_json::from_slice(&entry.value).map(Some).map_err(|e| {
             Error::internal(format!(
-                "distribution of {key:?} to {provider:?} in storage is unreadable: {e}"
+                "distribution of {} to {} in storage is unreadable: {e}",
+                quote(key),
+                quote(provider)
             ))
         })
     }

@@ -14,6 +14,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::key_type::KeyType;
 use super::material::KeyMaterial;
 use crate::framework::Error;
+use crate::framework::error::quote;
 use crate::runtime::storage::{Storage, StorageEntry};
 
 /// Storage prefix of key records; declared as seal-wrapped.
@@ -44,6 +45,9 @@ pub struct Key {
     pub min_enabled_version: u32,
     pub latest_version: u32,
     pub versions: BTreeMap<u32, Arc<KeyVersion>>,
+    /// Regions a multi-Region (awskms) copy is replicated to; fixed at
+    /// creation.
+    pub replica_regions: Vec<String>,
 }
 
 impl Key {
@@ -56,6 +60,7 @@ impl Key {
             min_enabled_version: 1,
             latest_version: 0,
             versions: BTreeMap::new(),
+            replica_regions: Vec::new(),
         };
         key.rotate().await?;
         Ok(key)
@@ -109,6 +114,7 @@ impl Key {
                     )
                 })
                 .collect(),
+            replica_regions: self.replica_regions.clone(),
         }
     }
 
@@ -145,6 +151,7 @@ impl Key {
             min_enabled_version: stored.min_enabled_version.max(1),
             latest_version: stored.latest_version,
             versions,
+            replica_regions: std::mem::take(&mut stored.replica_regions),
         })
     }
 }
@@ -159,6 +166,8 @@ struct StoredKey {
     min_enabled_version: u32,
     latest_version: u32,
     versions: BTreeMap<String, StoredVersion>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replica_regions: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -210,9 +219,12 @@ impl KeyStore {
             return Ok(None);
         };
         let stored: StoredKey = serde_json::from_slice(&entry.value)
-            .map_err(|e| Error::internal(format!("key {name:?} in storage is unreadable: {e}")))?;
+            .map_err(|e| {
+                Error::internal(format!("key {} in storage is unreadable: {e}", quote(name)))
+            })?;
         let key = Arc::new(
-            Key::from_stored(stored).map_err(|e| Error::internal(format!("key {name:?}: {e}")))?,
+            Key::from_stored(stored)
+                .map_err(|e| Error::internal(format!("key {}: {e}", quote(name))))?,
         );
         self.cache
             .write()
@@ -225,7 +237,7 @@ impl KeyStore {
     pub async fn require(&self, name: &str) -> Result<Arc<Key>, Error> {
         self.get(name)
             .await?
-            .ok_or_else(|| Error::not_found(format!("key {name:?} not found")))
+            .ok_or_else(|| Error::not_found(format!("key {} not found", quote(name))))
     }
 
     pub async fn put(&self, key: Key) -> Result<Arc<Key>, Error> {

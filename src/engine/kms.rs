@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::provider::{ProviderConfig, ProviderKind};
+use crate::framework::error::quote;
 use crate::framework::{Error, Secret};
 use crate::runtime::storage::{Storage, StorageEntry};
 
@@ -55,7 +56,7 @@ impl ProviderStore {
     pub async fn require(&self, name: &str) -> Result<ProviderConfig, Error> {
         self.get(name)
             .await?
-            .ok_or_else(|| Error::not_found(format!("KMS provider {name:?} not found")))
+            .ok_or_else(|| Error::not_found(format!("KMS provider {} not found", quote(name))))
     }
 
     pub async fn put(&self, name: &str, config: &ProviderConfig) -> Result<(), Error> {

@@ -1,28 +1,48 @@
-//! Per-name write serialisation.
+//! Per-object write serialisation.
 //!
 //! The host runs requests concurrently, and storage has no transactions
 //! under Vault, so read-modify-write of one key (rotate, update, distribute)
-//! must be serialised here. Different keys proceed in parallel.
+//! must be serialised here. Different objects proceed in parallel. Where
+//! a request needs both, it takes the provider's lock, then the key's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
+/// What a lock protects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LockKey {
+    /// `key/<name>` and every distribution record of that key.
+    Key(String),
+    /// `kms/<name>`.
+    Provider(String),
+}
+
+impl LockKey {
+    pub fn key(name: &str) -> Self {
+        Self::Key(name.to_owned())
+    }
+
+    pub fn provider(name: &str) -> Self {
+        Self::Provider(name.to_owned())
+    }
+}
+
 #[derive(Default)]
 pub struct NamedLocks {
-    locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    locks: Mutex<HashMap<LockKey, Arc<AsyncMutex<()>>>>,
 }
 
 impl NamedLocks {
-    /// Waits for exclusive use of `name`. Entries nobody holds or waits for
+    /// Waits for exclusive use of `key`. Entries nobody holds or waits for
     /// are dropped on the way, so the table stays as small as the work in
     /// flight.
-    pub async fn lock(&self, name: &str) -> OwnedMutexGuard<()> {
+    pub async fn lock(&self, key: LockKey) -> OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.retain(|_, l| Arc::strong_count(l) > 1);
-            locks.entry(name.to_owned()).or_default().clone()
+            locks.entry(key).or_default().clone()
         };
         lock.lock_owned().await
     }
@@ -41,7 +61,7 @@ mod tests {
             .map(|_| {
                 let (locks, inside) = (locks.clone(), inside.clone());
                 tokio::spawn(async move {
-                    let _guard = locks.lock("k").await;
+                    let _guard = locks.lock(LockKey::key("k")).await;
                     assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
                     tokio::task::yield_now().await;
                     inside.fetch_sub(1, Ordering::SeqCst);
@@ -51,7 +71,8 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        let _a = locks.lock("a").await;
-        let _b = locks.lock("b").await; // different names do not block
+        let _a = locks.lock(LockKey::key("a")).await;
+        let _b = locks.lock(LockKey::key("b")).await; // different names do not block
+        let _c = locks.lock(LockKey::provider("a")).await; // nor a provider of the same name
     }
 }

@@ -12,9 +12,11 @@ pub mod path_keys;
 pub mod path_kms;
 pub mod propagate;
 pub mod provider;
+pub mod state;
 pub mod wrap;
 
-pub use backend::{Factory, KeyManagement, backend};
+pub use backend::{Factory, backend};
+pub use state::KeyManagement;
 
 #[cfg(test)]
 mod tests;

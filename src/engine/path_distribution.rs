@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::backend::KeyManagement;
+use super::locks::LockKey;
 use super::provider::{Protection, Purpose};
+use super::state::KeyManagement;
 use crate::framework::error::quote;
 use crate::framework::{
     Error, Field, FieldType, Operation, Path, Request, Response, existence, handler,
 };
 
-const PURPOSES: &[&str] = &["encrypt", "decrypt", "sign", "verify", "wrap", "unwrap"];
-const PROTECTIONS: &[&str] = &["hsm", "software"];
+const PURPOSES: &[&str] = &Purpose::NAMES;
+const PROTECTIONS: &[&str] = &Protection::NAMES;
 
 fn name_field() -> Field {
     Field::new("name", FieldType::Name, "Name of the KMS provider.")
@@ -81,6 +82,22 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
                  Removal deletes the key from the provider; it stays in Vault and can be distributed \
                  again.",
             ),
+        Path::new("kms/{name}/key/{key_name}/replicate")
+            .field(name_field())
+            .field(Field::new("key_name", FieldType::Name, "Name of the key."))
+            .operation(
+                Operation::Update,
+                "keyManagementReplicateKeyReplicateInKmsProvider",
+                "Replicate a distributed key to its replica regions.",
+                handler(replicate),
+            )
+            .help(
+                "Replicate a distributed multi-Region key to the regions set at its creation.",
+                "For providers that replicate (awskms): every version of the key becomes a \
+                 multi-Region replica in each of the key's replica_regions, with the same key \
+                 material imported there. Repeating the request is safe. From then on, rotations \
+                 and min_enabled_version reach the replicas too, and removal deletes them.",
+            ),
     ]
 }
 
@@ -143,23 +160,28 @@ async fn distribute(engine: Arc<KeyManagement>, req: Request) -> Result<Option<R
     let purposes = parse_purposes(&req)?;
     let protection = parse_protection(&req)?;
     // Lock order everywhere: provider, then key.
-    let _provider_guard = engine.locks.lock(&format!("kms/{provider}")).await;
-    let _key_guard = engine.locks.lock(&format!("key/{key_name}")).await;
+    let _provider_guard = engine.locks.lock(LockKey::provider(provider)).await;
+    let _key_guard = engine.locks.lock(LockKey::key(key_name)).await;
     let config = engine.providers.require(provider).await?;
     let key = engine.keys.require(key_name).await?;
+    let descriptor = config.kind.descriptor();
     let (purposes, protection) = match engine.distributions.get(provider, key_name).await? {
         Some(existing) => {
-            let fixed = existing.purposes();
+            let fixed = existing.purposes.clone();
             if purposes.as_ref().is_some_and(|p| *p != fixed) {
                 return Err(Error::bad_request(format!(
-                    "purpose cannot be changed after distribution: key {key_name:?} has purpose {:?} in KMS provider {provider:?}",
-                    existing.purposes.join(",")
+                    "purpose cannot be changed after distribution: key {} has purpose {:?} in KMS provider {}",
+                    quote(key_name),
+                    existing.purpose_list(),
+                    quote(provider)
                 )));
             }
             if req.is_set("protection") && protection != existing.protection {
                 return Err(Error::bad_request(format!(
-                    "protection cannot be changed after distribution: key {key_name:?} has protection {:?} in KMS provider {provider:?}",
-                    existing.protection.as_str()
+                    "protection cannot be changed after distribution: key {} has protection {:?} in KMS provider {}",
+                    quote(key_name),
+                    existing.protection.as_str(),
+                    quote(provider)
                 )));
             }
             (fixed, existing.protection)
@@ -171,10 +193,25 @@ async fn distribute(engine: Arc<KeyManagement>, req: Request) -> Result<Option<R
                     PURPOSES.join(", ")
                 ))
             })?;
-            config
-                .kind
+            // Everything the provider would refuse is refused here, before
+            // any record or call exists.
+            descriptor
                 .check_support(key.key_type, &purposes, protection)
                 .map_err(Error::BadRequest)?;
+            (descriptor.check_key_name)(key_name).map_err(|m| {
+                Error::bad_request(format!(
+                    "key {} cannot be distributed to the {} provider: {m}",
+                    quote(key_name),
+                    descriptor.name
+                ))
+            })?;
+            if !key.replica_regions.is_empty() && !descriptor.replicates {
+                return Err(Error::bad_request(format!(
+                    "key {} has replica_regions, which the {} provider cannot hold: only multi-Region providers (awskms) can",
+                    quote(key_name),
+                    descriptor.name
+                )));
+            }
             (purposes, protection)
         }
     };
@@ -198,7 +235,7 @@ async fn read_distribution(
     let mut data = Map::new();
     data.insert("name".into(), record.name.clone().into());
     // One comma-joined, sorted string: the wire format real servers use.
-    data.insert("purpose".into(), record.purposes.join(",").into());
+    data.insert("purpose".into(), record.purpose_list().into());
     data.insert("protection".into(), record.protection.as_str().into());
     data.insert(
         "distribution_time".into(),
@@ -215,11 +252,35 @@ async fn read_distribution(
 
 async fn remove(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
     let (provider, key_name) = (req.capture("name"), req.capture("key_name"));
-    let _provider_guard = engine.locks.lock(&format!("kms/{provider}")).await;
-    let _key_guard = engine.locks.lock(&format!("key/{key_name}")).await;
+    let _provider_guard = engine.locks.lock(LockKey::provider(provider)).await;
+    let _key_guard = engine.locks.lock(LockKey::key(key_name)).await;
     let Some(key) = engine.keys.get(key_name).await? else {
         return Ok(None);
     };
     engine.remove_distribution(provider, &key).await?;
+    Ok(None)
+}
+
+async fn replicate(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
+    let (provider, key_name) = (req.capture("name"), req.capture("key_name"));
+    let _provider_guard = engine.locks.lock(LockKey::provider(provider)).await;
+    let _key_guard = engine.locks.lock(LockKey::key(key_name)).await;
+    let config = engine.providers.require(provider).await?;
+    let key = engine.keys.require(key_name).await?;
+    let descriptor = config.kind.descriptor();
+    if !descriptor.replicates {
+        return Err(Error::bad_request(format!(
+            "key replication is only supported for multi-Region providers (awskms); KMS provider {} is {}",
+            quote(provider),
+            descriptor.name
+        )));
+    }
+    if key.replica_regions.is_empty() {
+        return Err(Error::bad_request(format!(
+            "key {} does not have replica_regions: set them when the key is created",
+            quote(key_name)
+        )));
+    }
+    engine.replicate(provider, &key).await?;
     Ok(None)
 }

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::backend::KeyManagement;
 use super::key_type::KeyType;
 use super::keys::Key;
+use super::locks::LockKey;
+use super::provider::aws;
+use super::state::KeyManagement;
 use crate::framework::error::quote;
 use crate::framework::{
     Error, Field, FieldType, Operation, Path, Request, Response, existence, handler,
@@ -41,6 +43,12 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
                 FieldType::Int,
                 "Versions below this one are disabled in every KMS provider the key is distributed to, \
                  and hidden from reads. 0 enables all versions.",
+            ))
+            .field(Field::new(
+                "replica_regions",
+                FieldType::CommaStringSlice,
+                "AWS regions that the key's multi-Region copies are replicated to, as a list or a \
+                 comma-separated string. Set only at creation; used by kms/:name/key/:key_name/replicate.",
             ))
             .existence_check(existence(key_exists))
             .operation(Operation::Create, "keyManagementUpdateKey", "Create a key.", handler(write_key))
@@ -84,6 +92,39 @@ async fn list_keys(engine: Arc<KeyManagement>, _req: Request) -> Result<Option<R
     Ok(Response::list(engine.keys.list().await?))
 }
 
+/// `replica_regions`, checked as AWS region names, without duplicates.
+fn parse_replica_regions(req: &Request) -> Result<Option<Vec<String>>, Error> {
+    let Some(raw) = req.strings("replica_regions") else {
+        return Ok(None);
+    };
+    let mut regions: Vec<String> = Vec::new();
+    for region in raw {
+        let region = region.trim();
+        if region.is_empty() {
+            continue;
+        }
+        aws::config::check_region(region)
+            .map_err(|m| Error::bad_request(format!("replica_regions: {m}")))?;
+        if !regions.iter().any(|r| r == region) {
+            regions.push(region.to_owned());
+        }
+    }
+    Ok(Some(regions))
+}
+
+/// Checks a creation's other fields before the (possibly slow) key
+/// generation, so that a refused request costs nothing.
+fn check_new_key_fields(req: &Request) -> Result<(), Error> {
+    if let Some(min) = req.int("min_enabled_version")
+        && !(0..=1).contains(&min)
+    {
+        return Err(Error::bad_request(format!(
+            "min_enabled_version must be between 0 and the latest version (1 for a new key), got {min}"
+        )));
+    }
+    Ok(())
+}
+
 fn parse_type(req: &Request) -> Result<KeyType, Error> {
     let raw = req.string("type").unwrap_or("rsa-2048");
     raw.parse().map_err(|_| {
@@ -98,20 +139,37 @@ fn parse_type(req: &Request) -> Result<KeyType, Error> {
 async fn write_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
     let name = req.capture("name");
     let requested_type = parse_type(&req)?;
-    let _guard = engine.locks.lock(&format!("key/{name}")).await;
+    let replica_regions = parse_replica_regions(&req)?;
+    let _guard = engine.locks.lock(LockKey::key(name)).await;
     let existing = engine.keys.get(name).await?;
     let created = existing.is_none();
     let mut key = match existing {
         Some(existing) => {
             if req.is_set("type") && requested_type != existing.key_type {
                 return Err(Error::bad_request(format!(
-                    "type cannot be changed after creation: key {name:?} is {}",
+                    "type cannot be changed after creation: key {} is {}",
+                    quote(name),
                     existing.key_type
+                )));
+            }
+            if replica_regions
+                .as_ref()
+                .is_some_and(|r| *r != existing.replica_regions)
+            {
+                return Err(Error::bad_request(format!(
+                    "replica_regions cannot be changed after creation: key {} has [{}]",
+                    quote(name),
+                    existing.replica_regions.join(", ")
                 )));
             }
             (*existing).clone()
         }
-        None => Key::generate(name, requested_type).await?,
+        None => {
+            check_new_key_fields(&req)?;
+            let mut key = Key::generate(name, requested_type).await?;
+            key.replica_regions = replica_regions.unwrap_or_default();
+            key
+        }
     };
     let previous_min = key.min_enabled_version;
     if let Some(allowed) = req.bool("deletion_allowed") {
@@ -157,6 +215,9 @@ pub fn key_data(key: &Key) -> Map<String, Value> {
     data.insert("latest_version".into(), key.latest_version.into());
     data.insert("min_enabled_version".into(), key.min_enabled_version.into());
     data.insert("versions".into(), Value::Object(versions));
+    if !key.replica_regions.is_empty() {
+        data.insert("replica_regions".into(), key.replica_regions.clone().into());
+    }
     data
 }
 
@@ -170,20 +231,23 @@ async fn read_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Res
 
 async fn delete_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
     let name = req.capture("name");
-    let _guard = engine.locks.lock(&format!("key/{name}")).await;
+    let _guard = engine.locks.lock(LockKey::key(name)).await;
     let Some(key) = engine.keys.get(name).await? else {
         return Ok(None);
     };
     if !key.deletion_allowed {
         return Err(Error::bad_request(format!(
-            "deletion is not allowed for key {name:?}; set deletion_allowed=true first"
+            "deletion is not allowed for key {}; set deletion_allowed=true first",
+            quote(name)
         )));
     }
     let providers = engine.distributions.providers_of(name).await?;
     if !providers.is_empty() {
+        let shown: Vec<String> = providers.iter().map(|p| quote(p)).collect();
         return Err(Error::bad_request(format!(
-            "key {name:?} is still distributed to KMS providers [{}]; remove it from them first",
-            providers.join(", ")
+            "key {} is still distributed to KMS providers [{}]; remove it from them first",
+            quote(name),
+            shown.join(", ")
         )));
     }
     engine.keys.delete(name).await?;
@@ -192,7 +256,7 @@ async fn delete_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<R
 
 async fn rotate_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
     let name = req.capture("name");
-    let _guard = engine.locks.lock(&format!("key/{name}")).await;
+    let _guard = engine.locks.lock(LockKey::key(name)).await;
     let mut key = (*engine.keys.require(name).await?).clone();
     key.rotate().await?;
     let key = engine.keys.put(key).await?;

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use serde_json::Map;
 
-use super::backend::KeyManagement;
+use super::locks::LockKey;
+use super::provider::registry::{self, ConfigError};
 use super::provider::{ProviderConfig, ProviderKind};
+use super::state::KeyManagement;
 use crate::framework::error::quote;
 use crate::framework::{
     Error, Field, FieldType, Operation, Path, Request, Response, Secret, existence, handler,
 };
-
-const PROVIDERS: &[&str] = &["azurekeyvault", "awskms", "gcpckms"];
 
 fn name_field() -> Field {
     Field::new("name", FieldType::Name, "Name of the KMS provider.")
@@ -27,23 +27,15 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
             .field(name_field())
             .field(
                 Field::new("provider", FieldType::String, "The KMS provider type. Cannot be changed after creation.")
-                    .allowed(PROVIDERS),
+                    .allowed(registry::names()),
             )
             .field(Field::new(
                 "key_collection",
                 FieldType::String,
-                "Where keys go in the provider: the Azure Key Vault name, the AWS region, or the GCP key ring \
-                 (projects/<p>/locations/<l>/keyRings/<r>). Cannot be changed after creation.",
+                registry::key_collection_help(),
             ))
             .field(
-                Field::new(
-                    "credentials",
-                    FieldType::KvPairs,
-                    "Provider credentials as key=value pairs. Write-only: never returned. \
-                     azurekeyvault: tenant_id, client_id, client_secret, environment; \
-                     awskms: access_key, secret_key, session_token, endpoint; gcpckms: service_account_file.",
-                )
-                .sensitive(),
+                Field::new("credentials", FieldType::KvPairs, registry::credentials_help()).sensitive(),
             )
             .existence_check(existence(provider_exists))
             .operation(Operation::Create, "keyManagementWriteKmsProvider", "Create a KMS provider.", handler(write_provider))
@@ -71,20 +63,18 @@ async fn list_providers(
     Ok(Response::list(engine.providers.list().await?))
 }
 
-fn validated_credentials(
+fn config_error(err: ConfigError) -> Error {
+    Error::BadRequest(err.to_string())
+}
+
+fn credentials_of(
     kind: ProviderKind,
     credentials: Option<&BTreeMap<String, Secret>>,
 ) -> Result<BTreeMap<String, Secret>, Error> {
     let credentials = credentials.cloned().unwrap_or_default();
-    let allowed = kind.credential_keys();
-    if let Some(unknown) = credentials.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(Error::bad_request(format!(
-            "credentials: unknown key {} for the {} provider; allowed keys: {}",
-            quote(unknown),
-            kind.as_str(),
-            allowed.join(", ")
-        )));
-    }
+    kind.descriptor()
+        .check_credential_keys(credentials.keys().map(String::as_str))
+        .map_err(config_error)?;
     Ok(credentials)
 }
 
@@ -93,35 +83,30 @@ async fn write_provider(
     req: Request,
 ) -> Result<Option<Response>, Error> {
     let name = req.capture("name");
-    let _guard = engine.locks.lock(&format!("kms/{name}")).await;
     let requested_kind = match req.string("provider") {
-        Some(raw) => Some(ProviderKind::parse(raw).ok_or_else(|| {
-            Error::bad_request(format!(
-                "unsupported provider {}; must be one of {}",
-                quote(raw),
-                PROVIDERS.join(", ")
-            ))
-        })?),
+        Some(raw) => Some(ProviderKind::parse_field("provider", raw).map_err(Error::BadRequest)?),
         None => None,
     };
+    let _guard = engine.locks.lock(LockKey::provider(name)).await;
     let collection = req.string("key_collection").map(str::trim);
     let config = match engine.providers.get(name).await? {
         Some(mut existing) => {
             if requested_kind.is_some_and(|k| k != existing.kind) {
                 return Err(Error::bad_request(format!(
-                    "provider cannot be changed after creation: KMS provider {name:?} is {}",
+                    "provider cannot be changed after creation: KMS provider {} is {}",
+                    quote(name),
                     existing.kind.as_str()
                 )));
             }
             if collection.is_some_and(|c| c != existing.key_collection) {
                 return Err(Error::bad_request(format!(
-                    "key_collection cannot be changed after creation: KMS provider {name:?} uses {:?}",
-                    existing.key_collection
+                    "key_collection cannot be changed after creation: KMS provider {} uses {}",
+                    quote(name),
+                    quote(&existing.key_collection)
                 )));
             }
             if req.is_set("credentials") {
-                existing.credentials =
-                    validated_credentials(existing.kind, req.pairs("credentials"))?;
+                existing.credentials = credentials_of(existing.kind, req.pairs("credentials"))?;
             }
             existing
         }
@@ -129,7 +114,7 @@ async fn write_provider(
             let kind = requested_kind.ok_or_else(|| {
                 Error::bad_request(format!(
                     "missing required field \"provider\"; must be one of {}",
-                    PROVIDERS.join(", ")
+                    registry::names().join(", ")
                 ))
             })?;
             let key_collection = collection
@@ -138,10 +123,12 @@ async fn write_provider(
             ProviderConfig {
                 kind,
                 key_collection: key_collection.to_owned(),
-                credentials: validated_credentials(kind, req.pairs("credentials"))?,
+                credentials: credentials_of(kind, req.pairs("credentials"))?,
             }
         }
     };
+    // The provider's own rules, on every write: a refusal changes nothing.
+    (config.kind.descriptor().validate)(&config).map_err(config_error)?;
     engine.providers.put(name, &config).await?;
     engine.forget_client(name).await;
     Ok(None)
@@ -166,12 +153,17 @@ async fn delete_provider(
     req: Request,
 ) -> Result<Option<Response>, Error> {
     let name = req.capture("name");
-    let _guard = engine.locks.lock(&format!("kms/{name}")).await;
+    let _guard = engine.locks.lock(LockKey::provider(name)).await;
     let keys = engine.distributions.keys_of(name).await?;
     if !keys.is_empty() {
+        let shown: Vec<String> = keys.iter().take(10).map(|k| quote(k)).collect();
         return Err(Error::bad_request(format!(
-            "KMS provider {name:?} still has keys distributed to it [{}]; remove them first",
-            keys.join(", ")
+            "KMS provider {} still has {} key{} distributed to it [{}{}]; remove them first",
+            quote(name),
+            keys.len(),
+            if keys.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if keys.len() > shown.len() { ", ..." } else { "" }
         )));
     }
     engine.providers.delete(name).await?;

@@ -1,61 +1,43 @@
 //! Pushing key changes to providers: distribute, import new versions,
-//! enable/disable versions, remove.
+//! enable and disable versions, replicate, remove.
 //!
-//! Vault's own state is written first and the distribution record after
-//! every provider step, so a provider failure leaves Vault consistent and
-//! the same request, repeated, finishes the job.
-
-use std::collections::BTreeMap;
+//! Vault's own state is written first, and the distribution record around
+//! every provider step: before a version's import starts (so that a retry
+//! after a crash or a lost answer looks for what the attempt may have
+//! created), and after it lands. A provider failure therefore leaves Vault
+//! consistent, and the same request, repeated, finishes the job without
+//! duplicating anything. A distribution that fails before anything reached
+//! the provider leaves no record at all.
 
 use time::OffsetDateTime;
 
-use super::backend::KeyManagement;
 use super::distribution::Distribution;
-use super::keys::{Key, rfc3339_nano};
-use super::provider::{KmsProvider, Protection, ProviderError, Purpose, VersionState};
+use super::keys::Key;
+use super::provider::{ImportRequest, ImportSession, Protection, Purpose, VersionState};
+use super::state::KeyManagement;
 use crate::framework::Error;
+use crate::framework::error::quote;
 
-/// Maps a provider failure to the status the user sees.
-pub fn provider_error(err: ProviderError) -> Error {
-    match err {
-        ProviderError::Permission(m) | ProviderError::Rejected(m) | ProviderError::Config(m) => {
-            Error::BadRequest(m)
-        }
-        ProviderError::Unavailable(m) => Error::Coded {
-            status: 502,
-            message: m,
-        },
-    }
-}
-
-fn with_context(err: Error, context: &str) -> Error {
-    match err {
-        Error::BadRequest(m) => Error::BadRequest(format!("{context}: {m}")),
-        Error::Coded { status, message } => Error::Coded {
-            status,
-            message: format!("{context}: {message}"),
-        },
-        Error::Internal(m) => Error::Internal(format!("{context}: {m}")),
-        other => other,
-    }
-}
-
-/// The desired enabled state of every distributed version.
-fn version_states(key: &Key, record: &Distribution) -> Vec<VersionState> {
+/// The desired state of every recorded version.
+fn version_states<'a>(key: &'a Key, record: &'a Distribution) -> Vec<VersionState<'a>> {
     record
         .versions
         .iter()
-        .map(|(version, id)| VersionState {
-            version: *version,
-            provider_id: id.clone(),
-            enabled: key.is_enabled(*version),
+        .filter_map(|(version, id)| {
+            let material = &key.versions.get(version)?.material;
+            Some(VersionState {
+                version: *version,
+                provider_id: id,
+                enabled: key.is_enabled(*version),
+                material,
+            })
         })
         .collect()
 }
 
 impl KeyManagement {
     /// Distributes (or resumes distributing) `key` to `provider`. The
-    /// caller holds both locks.
+    /// caller holds both locks and has checked the support matrix.
     pub async fn distribute(
         &self,
         provider: &str,
@@ -63,50 +45,49 @@ impl KeyManagement {
         purposes: Vec<Purpose>,
         protection: Protection,
     ) -> Result<Distribution, Error> {
-        let now = OffsetDateTime::now_utc();
-        let mut record = match self.distributions.get(provider, &key.name).await? {
-            Some(existing) => existing,
-            None => {
-                let mut sorted: Vec<String> =
-                    purposes.iter().map(|p| p.as_str().to_owned()).collect();
-                sorted.sort();
-                sorted.dedup();
-                let record = Distribution {
-                    name: format!("{}-{}", key.name, now.unix_timestamp()),
-                    purposes: sorted,
-                    protection,
-                    distribution_time: rfc3339_nano(now),
-                    versions: BTreeMap::new(),
-                };
-                self.distributions.put(provider, &key.name, &record).await?;
-                record
-            }
-        };
         let context = format!(
-            "distributing key {:?} to KMS provider {provider:?}",
-            key.name
+            "distributing key {} to KMS provider {}",
+            quote(&key.name),
+            quote(provider)
         );
+        let existing = self.distributions.get(provider, &key.name).await?;
+        let created = existing.is_none();
+        let mut record = existing.unwrap_or_else(|| {
+            Distribution::new(&key.name, purposes, protection, OffsetDateTime::now_utc())
+        });
+        // Connecting checks the configuration; a refusal leaves nothing.
         let client = self
             .client(provider)
             .await
-            .map_err(|e| with_context(e, &context))?;
-        let target = record.target(key.key_type);
+            .map_err(|e| e.context(&context))?;
+        if created {
+            self.distributions.put(provider, &key.name, &record).await?;
+        }
+        let target = record.target(key);
+        let session = client.begin_import(&target);
         let imported = self
-            .import_missing(client.as_ref(), provider, key, &mut record, &context)
+            .import_missing(session.as_ref(), provider, key, &mut record, &context)
             .await;
-        client.finish_imports(&target).await;
-        imported?;
-        let disabled: Vec<VersionState> = version_states(key, &record)
-            .into_iter()
-            .filter(|v| !v.enabled)
-            .collect();
-        if !disabled.is_empty() {
-            client.set_enabled(&target, &disabled).await.map_err(|e| {
-                with_context(
-                    provider_error(e),
-                    &format!("{context} (disabling versions below min_enabled_version)"),
-                )
-            })?;
+        let touched = session.touched();
+        session.finish().await;
+        if let Err(err) = imported {
+            if created && record.versions.is_empty() && !touched {
+                self.distributions.delete(provider, &key.name).await?;
+            }
+            return Err(err);
+        }
+        let states = version_states(key, &record);
+        if let Some(latest) = states.iter().find(|s| s.version == key.latest_version) {
+            client
+                .make_current(&target, latest)
+                .await
+                .map_err(|e| Error::from(e).context(&format!("{context} (making version {} current)", latest.version)))?;
+        }
+        if record.replicated {
+            client
+                .replicate(&target, &states)
+                .await
+                .map_err(|e| Error::from(e).context(&format!("{context} (replicating)")))?;
         }
         Ok(record)
     }
@@ -115,29 +96,33 @@ impl KeyManagement {
     /// recording each as soon as the provider has it.
     async fn import_missing(
         &self,
-        client: &dyn KmsProvider,
+        session: &dyn ImportSession,
         provider: &str,
         key: &Key,
         record: &mut Distribution,
         context: &str,
     ) -> Result<(), Error> {
-        let target = record.target(key.key_type);
         for (number, version) in &key.versions {
             if record.versions.contains_key(number) {
                 continue;
             }
-            let id = client
-                .import_version(&target, *number, &version.material)
-                .await
-                .map_err(|e| {
-                    with_context(
-                        provider_error(e),
-                        &format!(
-                            "{context} (version {number} was not imported; writing to kms/{provider}/key/{} again resumes)",
-                            key.name
-                        ),
-                    )
-                })?;
+            let resume = !record.started.insert(*number);
+            if !resume {
+                self.distributions.put(provider, &key.name, record).await?;
+            }
+            let request = ImportRequest {
+                version: *number,
+                material: &version.material,
+                enabled: key.is_enabled(*number),
+                resume,
+            };
+            let id = session.import(request).await.map_err(|e| {
+                Error::from(e).context(&format!(
+                    "{context} (version {number} was not imported; writing to kms/{provider}/key/{} again resumes)",
+                    key.name
+                ))
+            })?;
+            record.started.remove(number);
             record.versions.insert(*number, id);
             self.distributions.put(provider, &key.name, record).await?;
         }
@@ -150,7 +135,7 @@ impl KeyManagement {
         let mut failures = Vec::new();
         for (provider, record) in self.distributions.of_key(&key.name).await? {
             if let Err(err) = self
-                .distribute(&provider, key, record.purposes(), record.protection)
+                .distribute(&provider, key, record.purposes.clone(), record.protection)
                 .await
             {
                 failures.push(err);
@@ -160,8 +145,9 @@ impl KeyManagement {
         summarize(
             failures,
             &format!(
-                "key {:?} was rotated to version {} in Vault",
-                key.name, key.latest_version
+                "key {} was rotated to version {} in Vault",
+                quote(&key.name),
+                key.latest_version
             ),
             "",
         )
@@ -175,23 +161,63 @@ impl KeyManagement {
             let result = async {
                 let client = self.client(&provider).await?;
                 client
-                    .set_enabled(&record.target(key.key_type), &version_states(key, &record))
+                    .set_enabled(&record.target(key), &version_states(key, &record))
                     .await
-                    .map_err(provider_error)
+                    .map_err(Error::from)
             }
             .await;
             if let Err(err) = result {
-                failures.push(with_context(err, &format!("KMS provider {provider:?}")));
+                failures.push(err.context(&format!("KMS provider {}", quote(&provider))));
             }
         }
         summarize(
             failures,
             &format!(
-                "min_enabled_version of key {:?} is {} in Vault",
-                key.name, key.min_enabled_version
+                "min_enabled_version of key {} is {} in Vault",
+                quote(&key.name),
+                key.min_enabled_version
             ),
             "; repeat the request to retry",
         )
+    }
+
+    /// Copies every version of a distributed key into its replica
+    /// regions. From then on, rotations keep the replicas complete.
+    pub async fn replicate(&self, provider: &str, key: &Key) -> Result<(), Error> {
+        let context = format!(
+            "replicating key {} in KMS provider {}",
+            quote(&key.name),
+            quote(provider)
+        );
+        let mut record = self
+            .distributions
+            .get(provider, &key.name)
+            .await?
+            .ok_or_else(|| {
+                Error::bad_request(format!(
+                    "key {} is not distributed to KMS provider {}; distribute it first",
+                    quote(&key.name),
+                    quote(provider)
+                ))
+            })?;
+        if let Some(missing) = key.versions.keys().find(|v| !record.versions.contains_key(v)) {
+            return Err(Error::bad_request(format!(
+                "{context}: version {missing} has not reached the provider yet; write to kms/{provider}/key/{} again to finish the distribution first",
+                key.name
+            )));
+        }
+        let client = self.client(provider).await.map_err(|e| e.context(&context))?;
+        // Recorded first: removal must look for replicas even if this
+        // call fails half-way.
+        if !record.replicated {
+            record.replicated = true;
+            self.distributions.put(provider, &key.name, &record).await?;
+        }
+        let target = record.target(key);
+        client
+            .replicate(&target, &version_states(key, &record))
+            .await
+            .map_err(|e| Error::from(e).context(&format!("{context} (repeat the request to retry)")))
     }
 
     /// Deletes the key from the provider, then forgets the distribution.
@@ -200,16 +226,21 @@ impl KeyManagement {
             return Ok(());
         };
         let states = version_states(key, &record);
-        if !states.is_empty() {
-            let context = format!("removing key {:?} from KMS provider {provider:?}", key.name);
+        let unrecorded: Vec<u32> = record.started.iter().copied().collect();
+        if !states.is_empty() || !unrecorded.is_empty() {
+            let context = format!(
+                "removing key {} from KMS provider {}",
+                quote(&key.name),
+                quote(provider)
+            );
             let client = self
                 .client(provider)
                 .await
-                .map_err(|e| with_context(e, &context))?;
+                .map_err(|e| e.context(&context))?;
             client
-                .remove(&record.target(key.key_type), &states)
+                .remove(&record.target(key), &states, &unrecorded)
                 .await
-                .map_err(|e| with_context(provider_error(e), &context))?;
+                .map_err(|e| Error::from(e).context(&context))?;
         }
         self.distributions.delete(provider, &key.name).await
     }
@@ -232,9 +263,6 @@ fn summarize(failures: Vec<Error>, done: &str, retry_hint: &str) -> Result<(), E
     Err(if all_user_errors {
         Error::BadRequest(message)
     } else {
-        Error::Coded {
-            status: 502,
-            message,
-        }
+        Error::BadGateway(message)
     })
 }

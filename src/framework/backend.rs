@@ -25,11 +25,20 @@ pub trait Lifecycle: Send + Sync + 'static {
     async fn invalidate(&self, _key: &str) {}
 }
 
+/// What a backend says about itself in help and OpenAPI.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendInfo {
+    /// The OpenAPI document's title, e.g. "Key Management secrets engine".
+    pub title: &'static str,
+    /// `vault path-help <mount>/` text.
+    pub help: &'static str,
+}
+
 /// A backend built from declared paths around a shared state `B`.
 pub struct Backend<B> {
     state: Arc<B>,
     paths: Vec<Path<B>>,
-    help: &'static str,
+    info: BackendInfo,
     special_paths: pb::Paths,
 }
 
@@ -68,7 +77,7 @@ fn error_reply(err: Error) -> pb::HandleRequestReply {
             return data_reply(data, Vec::new());
         }
         Error::NotFound(message) => proto_error(ERR_CODED, message, 404),
-        Error::Coded { status, message } => proto_error(ERR_CODED, message, i64::from(status)),
+        Error::BadGateway(message) => proto_error(ERR_CODED, message, 502),
         Error::UnsupportedOperation => proto_error(ERR_UNSUPPORTED_OPERATION, String::new(), 0),
         Error::UnsupportedPath => proto_error(ERR_UNSUPPORTED_PATH, String::new(), 0),
         Error::Internal(message) => proto_error(ERR_INTERNAL, message, 0),
@@ -102,15 +111,20 @@ impl<B: Lifecycle> Backend<B> {
     pub fn new(
         state: Arc<B>,
         paths: Vec<Path<B>>,
-        help: &'static str,
+        info: BackendInfo,
         special_paths: pb::Paths,
     ) -> Self {
         Self {
             state,
             paths,
-            help,
+            info,
             special_paths,
         }
+    }
+
+    /// The backend's state, for tests and the runtime's lifecycle calls.
+    pub fn state(&self) -> &Arc<B> {
+        &self.state
     }
 
     fn route(&self, path: &str) -> Option<(&Path<B>, HashMap<String, String>)> {
@@ -194,10 +208,10 @@ impl<B: Lifecycle> Backend<B> {
     fn help_reply(&self, request: &pb::Request) -> pb::HandleRequestReply {
         let mut data = Map::new();
         if request.path.is_empty() {
-            data.insert("help".into(), self.help.into());
+            data.insert("help".into(), self.info.help.into());
             data.insert(
                 "openapi".into(),
-                help::openapi_document(&self.paths, self.help),
+                help::openapi_document(&self.paths, self.info.title, self.info.help),
             );
         } else {
             let Some((path, _)) = self.route(&request.path) else {
@@ -207,7 +221,7 @@ impl<B: Lifecycle> Backend<B> {
             data.insert("see_also".into(), Value::Array(Vec::new()));
             data.insert(
                 "openapi".into(),
-                help::openapi_document(std::slice::from_ref(path), path.synopsis),
+                help::openapi_document(std::slice::from_ref(path), self.info.title, path.synopsis),
             );
         }
         data_reply(data, Vec::new())
@@ -345,7 +359,10 @@ mod tests {
         Backend::new(
             Arc::new(Echo),
             vec![path],
-            "Test backend.",
+            BackendInfo {
+                title: "Echo engine",
+                help: "Test backend.",
+            },
             pb::Paths::default(),
         )
     }
@@ -464,6 +481,7 @@ mod tests {
             .await,
         );
         assert!(root["openapi"]["paths"]["/thing/{name}"]["post"]["operationId"] == "writeThing");
+        assert_eq!(root["openapi"]["info"]["title"], "Echo engine");
         let one = data_of(&b.handle_request(request("help", "thing/x", "")).await);
         let text = one["help"].as_str().unwrap();
         assert!(

@@ -19,12 +19,13 @@ pub enum Error {
     /// 404: no path matches.
     #[error("unsupported path")]
     UnsupportedPath,
-    /// 500: our fault or a dependency's (storage, a KMS provider).
+    /// 500: our fault or a dependency's (storage).
     #[error("{0}")]
     Internal(String),
-    /// A specific HTTP status, for provider errors that map to one.
-    #[error("{message}")]
-    Coded { status: u16, message: String },
+    /// 502: a service behind Vault (a KMS provider) could not be reached
+    /// or failed; repeating the request may succeed.
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl Error {
@@ -38,6 +39,29 @@ impl Error {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into())
+    }
+
+    /// The HTTP status the host answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::NotFound(_) | Self::UnsupportedPath => 404,
+            Self::UnsupportedOperation => 405,
+            Self::Internal(_) => 500,
+            Self::BadGateway(_) => 502,
+        }
+    }
+
+    /// The same error with `context` in front of its message.
+    pub fn context(self, context: &str) -> Self {
+        let with = |m: String| format!("{context}: {m}");
+        match self {
+            Self::BadRequest(m) => Self::BadRequest(with(m)),
+            Self::NotFound(m) => Self::NotFound(with(m)),
+            Self::Internal(m) => Self::Internal(with(m)),
+            Self::BadGateway(m) => Self::BadGateway(with(m)),
+            other => other,
+        }
     }
 }
 

@@ -124,7 +124,7 @@ pub fn path_item<B>(path: &Path<B>) -> Value {
 }
 
 /// The whole backend's OpenAPI document.
-pub fn openapi_document<B>(paths: &[Path<B>], description: &str) -> Value {
+pub fn openapi_document<B>(paths: &[Path<B>], title: &str, description: &str) -> Value {
     let mut items = Map::new();
     for path in paths {
         items.insert(path.openapi_path(), path_item(path));
@@ -132,7 +132,7 @@ pub fn openapi_document<B>(paths: &[Path<B>], description: &str) -> Value {
     json!({
         "openapi": "3.0.2",
         "info": {
-            "title": "Key Management secrets engine",
+            "title": title,
             "description": description,
             "version": super::super::runtime::control::plugin_version(),
             "license": {"name": "Mozilla Public License 2.0", "url": "https://www.mozilla.org/en-US/MPL/2.0"},

@@ -9,7 +9,7 @@ pub mod help;
 pub mod operation;
 pub mod path;
 
-pub use backend::{Backend, Lifecycle};
+pub use backend::{Backend, BackendInfo, Lifecycle};
 pub use error::Error;
 pub use field::{Field, FieldType, Secret};
 pub use operation::Operation;

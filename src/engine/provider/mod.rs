@@ -1,19 +1,44 @@
-//! KMS providers: one trait, one module per cloud.
+//! KMS providers: one trait, one folder per provider, one registry.
 //!
 //! The engine orchestrates distribution (which versions exist where, what
-//! is recorded in Vault) and each provider only knows how to talk to its
-//! cloud. Adding a provider means adding a module here and one arm to
-//! [`ProviderKind`].
+//! Vault has recorded) and a provider only knows how to talk to its cloud
+//! or device. Each provider's folder exports one [`Descriptor`]: its API
+//! name, credentials, support matrix, configuration checks and how to
+//! connect. [`registry`] lists the descriptors, and everything else (path
+//! help, `allowed` lists, OpenAPI enums, error messages) is derived from it.
+//! Adding a provider means adding its folder and one registry line.
+//!
+//! The extension point is [`KmsProvider`] with its [`ImportSession`]: a
+//! provider imports the versions of one distribution inside a session (an
+//! Azure key-exchange key, an AWS tag scan or a GCP import job is the state
+//! of one session), and enables, disables and removes versions.
+
+pub mod client;
+pub mod registry;
+
+pub mod aws;
+pub mod azure;
+
+#[cfg(test)]
+pub mod conformance;
+#[cfg(test)]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::engine::key_type::KeyType;
 use crate::engine::material::KeyMaterial;
-use crate::framework::Secret;
+use crate::framework::{Error, Secret};
+
+pub use registry::{Descriptor, ProviderKind};
 
 /// Operations a distributed key may be given in the provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Purpose {
     Decrypt,
     Encrypt,
@@ -33,11 +58,22 @@ impl Purpose {
         Self::Unwrap,
     ];
 
+    /// The wire names of [`Purpose::ALL`], in the same order.
+    pub const NAMES: [&'static str; 6] = {
+        let mut names = [""; 6];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Self::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Encrypt => "encrypt",
             Self::Decrypt => "decrypt",
@@ -64,129 +100,18 @@ pub enum Protection {
 }
 
 impl Protection {
+    pub const ALL: [Protection; 2] = [Self::Hsm, Self::Software];
+    pub const NAMES: [&'static str; 2] = [Self::Hsm.as_str(), Self::Software.as_str()];
+
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "hsm" => Some(Self::Hsm),
-            "software" => Some(Self::Software),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Hsm => "hsm",
             Self::Software => "software",
         }
-    }
-}
-
-/// The supported KMS providers, by their API names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ProviderKind {
-    #[serde(rename = "azurekeyvault")]
-    AzureKeyVault,
-    #[serde(rename = "awskms")]
-    AwsKms,
-    #[serde(rename = "gcpckms")]
-    GcpCkms,
-}
-
-impl ProviderKind {
-    pub const ALL: [ProviderKind; 3] = [Self::AzureKeyVault, Self::AwsKms, Self::GcpCkms];
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AzureKeyVault => "azurekeyvault",
-            Self::AwsKms => "awskms",
-            Self::GcpCkms => "gcpckms",
-        }
-    }
-
-    /// Credential keys the provider understands.
-    pub fn credential_keys(self) -> &'static [&'static str] {
-        match self {
-            Self::AzureKeyVault => &["tenant_id", "client_id", "client_secret", "environment"],
-            Self::AwsKms => &["access_key", "secret_key", "session_token", "endpoint"],
-            Self::GcpCkms => &["service_account_file", "project", "location"],
-        }
-    }
-
-    /// The purposes a key type can have in this provider; `None` when the
-    /// provider cannot import the type at all.
-    fn allowed_purposes(self, key_type: KeyType) -> Option<&'static [Purpose]> {
-        use KeyType::*;
-        use Purpose::*;
-        Some(match (self, key_type) {
-            (Self::AzureKeyVault, Rsa2048 | Rsa3072 | Rsa4096) => {
-                &[Encrypt, Decrypt, Sign, Verify, Wrap, Unwrap]
-            }
-            // Azure imports EC keys on all three NIST curves.
-            (Self::AzureKeyVault, EcdsaP256 | EcdsaP384 | EcdsaP521) => &[Sign, Verify],
-            (Self::AwsKms, Aes256Gcm96) => &[Encrypt, Decrypt],
-            (Self::GcpCkms, Aes256Gcm96) => &[Encrypt, Decrypt],
-            (Self::GcpCkms, Rsa2048 | Rsa3072 | Rsa4096) => &[Decrypt, Sign],
-            (Self::GcpCkms, EcdsaP256 | EcdsaP384) => &[Sign],
-            _ => return None,
-        })
-    }
-
-    /// Key types the provider can import.
-    pub fn supported_types(self) -> Vec<KeyType> {
-        KeyType::ALL
-            .into_iter()
-            .filter(|t| self.allowed_purposes(*t).is_some())
-            .collect()
-    }
-
-    /// Which key types, purposes and protections the provider can import.
-    /// Checked before any call to the cloud; the error says what is allowed.
-    pub fn check_support(
-        self,
-        key_type: KeyType,
-        purposes: &[Purpose],
-        protection: Protection,
-    ) -> Result<(), String> {
-        let provider = self.as_str();
-        let Some(allowed) = self.allowed_purposes(key_type) else {
-            return Err(format!(
-                "key type {key_type} is not supported by the {provider} provider; supported types: {}",
-                self.supported_types()
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        };
-        if let Some(bad) = purposes.iter().find(|p| !allowed.contains(p)) {
-            return Err(format!(
-                "purpose {:?} is not supported for {key_type} keys by the {provider} provider; allowed: {}",
-                bad.as_str(),
-                allowed
-                    .iter()
-                    .map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if self == Self::GcpCkms
-            && key_type.is_asymmetric()
-            && purposes.contains(&Purpose::Decrypt)
-            && purposes.contains(&Purpose::Sign)
-        {
-            return Err(format!(
-                "the {provider} provider gives an asymmetric key one purpose: \"decrypt\" or \"sign\", not both"
-            ));
-        }
-        if self == Self::AwsKms && protection == Protection::Software {
-            return Err(format!(
-                "the {provider} provider supports only protection \"hsm\""
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -203,125 +128,196 @@ pub struct ProviderConfig {
 pub struct Target {
     /// The provider-side key name: `<key>-<unix seconds of distribution>`.
     pub name: String,
+    /// Unique id of the distribution, written into provider-side tags so
+    /// that objects created but never recorded can be found again, even
+    /// when two mounts distribute keys of the same name in one second.
+    pub id: String,
+    /// The Vault key's name.
+    pub key_name: String,
     pub key_type: KeyType,
     pub purposes: Vec<Purpose>,
     pub protection: Protection,
+    /// Regions of a multi-Region key (awskms); empty otherwise.
+    pub replica_regions: Vec<String>,
+    /// Whether the key has been replicated to `replica_regions`; from
+    /// then on every version is kept in every replica region.
+    pub replicated: bool,
 }
 
-/// A provider-side key version and whether it should be usable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionState {
+#[cfg(test)]
+impl Target {
+    /// A single-region target with a fixed id.
+    pub fn for_test(
+        name: &str,
+        key_type: KeyType,
+        purposes: &[Purpose],
+        protection: Protection,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            id: format!("id-{name}"),
+            key_name: name.rsplit_once('-').map_or(name, |(k, _)| k).to_owned(),
+            key_type,
+            purposes: purposes.to_vec(),
+            protection,
+            replica_regions: Vec::new(),
+            replicated: false,
+        }
+    }
+}
+
+/// A distributed version, with what the provider should make of it.
+#[derive(Debug, Clone, Copy)]
+pub struct VersionState<'a> {
     pub version: u32,
-    pub provider_id: String,
+    /// The provider's id for the version, as recorded.
+    pub provider_id: &'a str,
+    /// Whether it should be usable (`version >= min_enabled_version`).
     pub enabled: bool,
+    /// Its material, for providers that bring in material only when a
+    /// version is enabled (AWS keeps disabled versions unimported).
+    pub material: &'a KeyMaterial,
+}
+
+/// One version to import in a session.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportRequest<'a> {
+    pub version: u32,
+    pub material: &'a KeyMaterial,
+    /// Whether the version may be usable. A version below
+    /// `min_enabled_version` must never be usable, not even for a moment.
+    pub enabled: bool,
+    /// An earlier attempt started this version and may have reached the
+    /// provider without Vault hearing back: look for it before creating.
+    pub resume: bool,
 }
 
 /// A failed call to a provider. Messages must never carry credentials,
 /// tokens or key material.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// The credentials lack a permission, or are wrong.
+    /// The credentials are wrong or lack a permission.
     #[error("{0}")]
     Permission(String),
-    /// The request was refused as invalid by the provider.
+    /// The provider refused the request as invalid, or cannot do it.
     #[error("{0}")]
     Rejected(String),
     /// Network failure, throttling or a server error that outlived retries.
     #[error("{0}")]
     Unavailable(String),
-    /// The provider is misconfigured in Vault (bad credentials map, etc.).
+    /// The provider is misconfigured in Vault.
     #[error("{0}")]
     Config(String),
 }
 
-/// One cloud's side of distribution. Every method must be safe to repeat
-/// after a failure part-way through.
+impl ProviderError {
+    /// The same class of error with `context` in front of the message.
+    pub fn context(self, context: &str) -> Self {
+        let with = |m: String| format!("{context}: {m}");
+        match self {
+            Self::Permission(m) => Self::Permission(with(m)),
+            Self::Rejected(m) => Self::Rejected(with(m)),
+            Self::Unavailable(m) => Self::Unavailable(with(m)),
+            Self::Config(m) => Self::Config(with(m)),
+        }
+    }
+}
+
+/// The one mapping of provider failures to what the user sees: what the
+/// operator must fix is a 400, a provider that could not be reached or
+/// failed is a 502 (the request can be repeated as it is).
+impl From<ProviderError> for Error {
+    fn from(err: ProviderError) -> Self {
+        match err {
+            ProviderError::Permission(m) | ProviderError::Rejected(m) | ProviderError::Config(m) => {
+                Error::BadRequest(m)
+            }
+            ProviderError::Unavailable(m) => Error::BadGateway(m),
+        }
+    }
+}
+
+/// One run of imports for one distribution: a distribution, or the import
+/// of new versions after a rotation. The session holds what the provider
+/// sets up for the run; it makes no call before the first import.
+#[async_trait::async_trait]
+pub trait ImportSession: Send + Sync {
+    /// Imports one version and returns the provider's id for it. Safe to
+    /// repeat: an import that reached the provider before is found and its
+    /// id returned, never duplicated.
+    async fn import(&self, request: ImportRequest<'_>) -> Result<String, ProviderError>;
+
+    /// Whether a call that may have created or changed something of the
+    /// target in the provider was sent. The engine keeps no record of a
+    /// failed distribution that touched nothing.
+    fn touched(&self) -> bool;
+
+    /// Releases what the run set up (Azure deletes its key-exchange key).
+    /// Called once, whatever happened.
+    async fn finish(self: Box<Self>);
+}
+
+/// One configured provider. Every method must be safe to repeat after a
+/// failure part-way through.
 #[async_trait::async_trait]
 pub trait KmsProvider: Send + Sync {
-    /// Imports one version's material under `target.name` and returns the
-    /// provider's id for the new version. The new version becomes current.
-    async fn import_version(
-        &self,
-        target: &Target,
-        version: u32,
-        material: &KeyMaterial,
-    ) -> Result<String, ProviderError>;
+    /// Starts an import run for `target`.
+    fn begin_import<'a>(&'a self, target: &'a Target) -> Box<dyn ImportSession + 'a>;
 
-    /// Called once after a run of `import_version` calls for one target,
-    /// whether they succeeded or not, so the provider can release what it
-    /// set up for the run (Azure deletes its key-exchange key).
-    async fn finish_imports(&self, _target: &Target) {}
+    /// Makes `latest` the version applications get when they name the key
+    /// (an AWS alias, a GCP primary version). Called after every run of
+    /// imports that completed; must be cheap when nothing changes.
+    async fn make_current(
+        &self,
+        _target: &Target,
+        _latest: &VersionState<'_>,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
 
     /// Enables and disables provider-side versions.
     async fn set_enabled(
         &self,
         target: &Target,
-        versions: &[VersionState],
+        versions: &[VersionState<'_>],
     ) -> Result<(), ProviderError>;
 
-    /// Deletes the key (all versions) from the provider.
-    async fn remove(&self, target: &Target, versions: &[VersionState])
-    -> Result<(), ProviderError>;
-}
-
-/// Builds a provider client from its stored configuration. The engine holds
-/// one of these, so tests can substitute an in-process provider.
-pub trait ProviderConnector: Send + Sync + 'static {
-    fn connect(
+    /// Deletes the key (all versions) from the provider. `unrecorded`
+    /// lists versions whose import was started but never recorded, so that
+    /// what they may have created is deleted too. A key already gone is
+    /// success.
+    async fn remove(
         &self,
-        config: &ProviderConfig,
-    ) -> Result<std::sync::Arc<dyn KmsProvider>, ProviderError>;
-}
+        target: &Target,
+        versions: &[VersionState<'_>],
+        unrecorded: &[u32],
+    ) -> Result<(), ProviderError>;
 
-/// The production connector: the cloud modules compiled into this build.
-pub struct CloudConnector;
-
-impl ProviderConnector for CloudConnector {
-    fn connect(
+    /// Copies every version into the target's replica regions (AWS
+    /// multi-Region keys). Only called for providers whose descriptor says
+    /// they replicate.
+    async fn replicate(
         &self,
-        config: &ProviderConfig,
-    ) -> Result<std::sync::Arc<dyn KmsProvider>, ProviderError> {
-        match config.kind {
-            ProviderKind::AzureKeyVault => azure::connect(config),
-            _ => Err(ProviderError::Config(format!(
-                "distribution to {} is not available in this build yet",
-                config.kind.as_str()
-            ))),
-        }
+        _target: &Target,
+        _versions: &[VersionState<'_>],
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Rejected(
+            "this KMS provider does not replicate keys".into(),
+        ))
     }
 }
 
-pub mod azure;
-#[cfg(test)]
-pub mod testing;
+/// Builds a provider client from its stored configuration. The engine holds
+/// one of these, so that tests can substitute an in-process provider.
+pub trait ProviderConnector: Send + Sync + 'static {
+    fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, ProviderError>;
+}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The production connector: the registry's providers.
+pub struct RegistryConnector;
 
-    #[test]
-    fn matrix_follows_the_reference() {
-        use KeyType::*;
-        use ProviderKind::*;
-        use Purpose::*;
-        let ok = |k: ProviderKind, t, p: &[Purpose]| k.check_support(t, p, Protection::Hsm).is_ok();
-        assert!(ok(AzureKeyVault, Rsa2048, &Purpose::ALL));
-        assert!(!ok(AzureKeyVault, Aes256Gcm96, &[Encrypt]));
-        assert!(ok(AwsKms, Aes256Gcm96, &[Encrypt, Decrypt]));
-        assert!(!ok(AwsKms, Rsa2048, &[Encrypt]));
-        assert!(!ok(AwsKms, Aes256Gcm96, &[Sign]));
-        assert!(ok(GcpCkms, Rsa3072, &[Decrypt]));
-        assert!(!ok(GcpCkms, Rsa3072, &[Decrypt, Sign]));
-        assert!(ok(GcpCkms, EcdsaP384, &[Sign]));
-        assert!(!ok(GcpCkms, EcdsaP521, &[Sign]));
-        let err = AwsKms
-            .check_support(Rsa2048, &[Encrypt], Protection::Hsm)
-            .unwrap_err();
-        assert!(err.contains("supported types: aes256-gcm96"), "{err}");
-        assert!(
-            AwsKms
-                .check_support(Aes256Gcm96, &[Encrypt], Protection::Software)
-                .is_err()
-        );
+impl ProviderConnector for RegistryConnector {
+    fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, ProviderError> {
+        (config.kind.descriptor().connect)(config)
     }
 }

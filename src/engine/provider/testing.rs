@@ -1,12 +1,15 @@
-//! An in-process provider for unit tests: it keeps what it is sent and
-//! fails on demand, so the engine's orchestration can be checked without a
-//! cloud.
+//! An in-process provider for the engine's unit tests: it keeps what it
+//! is sent and fails on demand, so that the engine's orchestration can be
+//! checked without a cloud.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{KmsProvider, ProviderConfig, ProviderConnector, ProviderError, Target, VersionState};
-use crate::engine::material::KeyMaterial;
+use super::{
+    ImportRequest, ImportSession, KmsProvider, ProviderConfig, ProviderConnector, ProviderError,
+    Target, VersionState,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportedVersion {
@@ -22,13 +25,23 @@ pub struct State {
     /// Provider key name -> versions in import order.
     pub keys: BTreeMap<String, Vec<ImportedVersion>>,
     pub removed: Vec<String>,
-    /// Number of upcoming imports that fail.
+    /// Number of upcoming imports that fail, after the provider was
+    /// reached (an unavailable service).
     pub fail_imports: u32,
+    /// Number of upcoming imports refused before anything reaches the
+    /// provider (a missing permission).
+    pub deny_imports: u32,
     pub fail_set_enabled: u32,
     pub fail_remove: u32,
+    pub fail_connect: bool,
     pub connects: u32,
-    /// `finish_imports` calls, by provider key name.
+    /// Finished import sessions, by provider key name.
     pub finished: Vec<String>,
+    /// `make_current` calls: provider key name and version.
+    pub current: Vec<(String, u32)>,
+    pub replicated: Vec<(String, Vec<u32>)>,
+    /// `unrecorded` of every `remove` call.
+    pub unrecorded: Vec<Vec<u32>>,
 }
 
 #[derive(Clone, Default)]
@@ -44,7 +57,13 @@ impl TestProvider {
 
 impl ProviderConnector for TestProvider {
     fn connect(&self, _config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, ProviderError> {
-        self.state().connects += 1;
+        let mut state = self.state();
+        state.connects += 1;
+        if state.fail_connect {
+            return Err(ProviderError::Config(
+                "credentials.tenant_id: injected configuration error".into(),
+            ));
+        }
         Ok(Arc::new(self.clone()))
     }
 }
@@ -58,38 +77,72 @@ fn take(counter: &mut u32) -> bool {
     }
 }
 
+struct Session {
+    provider: TestProvider,
+    target: Target,
+    touched: AtomicBool,
+}
+
 #[async_trait::async_trait]
-impl KmsProvider for TestProvider {
-    async fn import_version(
-        &self,
-        target: &Target,
-        version: u32,
-        material: &KeyMaterial,
-    ) -> Result<String, ProviderError> {
-        let mut state = self.state();
+impl ImportSession for Session {
+    async fn import(&self, request: ImportRequest<'_>) -> Result<String, ProviderError> {
+        let mut state = self.provider.state();
+        if take(&mut state.deny_imports) {
+            return Err(ProviderError::Permission("injected denial".into()));
+        }
+        self.touched.store(true, Ordering::SeqCst);
         if take(&mut state.fail_imports) {
             return Err(ProviderError::Unavailable("injected import failure".into()));
         }
-        let versions = state.keys.entry(target.name.clone()).or_default();
-        let id = format!("{}-v{}", target.name, versions.len() + 1);
+        let versions = state.keys.entry(self.target.name.clone()).or_default();
+        if let Some(existing) = versions.iter().find(|v| v.version == request.version) {
+            return Ok(existing.id.clone());
+        }
+        let id = format!("{}-v{}", self.target.name, versions.len() + 1);
         versions.push(ImportedVersion {
-            version,
+            version: request.version,
             id: id.clone(),
-            public_key: material.public_key_pem(),
-            secret: material.as_bytes().to_vec(),
-            enabled: true,
+            public_key: request.material.public_key_pem(),
+            secret: request.material.as_bytes().to_vec(),
+            enabled: request.enabled,
         });
         Ok(id)
     }
 
-    async fn finish_imports(&self, target: &Target) {
-        self.state().finished.push(target.name.clone());
+    fn touched(&self) -> bool {
+        self.touched.load(Ordering::SeqCst)
+    }
+
+    async fn finish(self: Box<Self>) {
+        self.provider.state().finished.push(self.target.name.clone());
+    }
+}
+
+#[async_trait::async_trait]
+impl KmsProvider for TestProvider {
+    fn begin_import<'a>(&'a self, target: &'a Target) -> Box<dyn ImportSession + 'a> {
+        Box::new(Session {
+            provider: self.clone(),
+            target: target.clone(),
+            touched: AtomicBool::new(false),
+        })
+    }
+
+    async fn make_current(
+        &self,
+        target: &Target,
+        latest: &VersionState<'_>,
+    ) -> Result<(), ProviderError> {
+        self.state()
+            .current
+            .push((target.name.clone(), latest.version));
+        Ok(())
     }
 
     async fn set_enabled(
         &self,
         target: &Target,
-        versions: &[VersionState],
+        versions: &[VersionState<'_>],
     ) -> Result<(), ProviderError> {
         let mut state = self.state();
         if take(&mut state.fail_set_enabled) {
@@ -116,7 +169,8 @@ impl KmsProvider for TestProvider {
     async fn remove(
         &self,
         target: &Target,
-        _versions: &[VersionState],
+        _versions: &[VersionState<'_>],
+        unrecorded: &[u32],
     ) -> Result<(), ProviderError> {
         let mut state = self.state();
         if take(&mut state.fail_remove) {
@@ -124,6 +178,19 @@ impl KmsProvider for TestProvider {
         }
         state.keys.remove(&target.name);
         state.removed.push(target.name.clone());
+        state.unrecorded.push(unrecorded.to_vec());
+        Ok(())
+    }
+
+    async fn replicate(
+        &self,
+        target: &Target,
+        versions: &[VersionState<'_>],
+    ) -> Result<(), ProviderError> {
+        self.state().replicated.push((
+            target.name.clone(),
+            versions.iter().map(|v| v.version).collect(),
+        ));
         Ok(())
     }
 }

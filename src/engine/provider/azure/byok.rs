@@ -147,6 +147,7 @@ pub fn hsm_import(
     version: u32,
     material: &KeyMaterial,
     blob: Vec<u8>,
+    enabled: bool,
 ) -> Result<ImportKeyParameters, ProviderError> {
     let key = JsonWebKey {
         kty: Some(azure_kty(material, Protection::Hsm)?),
@@ -164,7 +165,7 @@ pub fn hsm_import(
         hsm: Some(true),
         key: Some(key),
         key_attributes: Some(KeyAttributes {
-            enabled: Some(true),
+            enabled: Some(enabled),
             ..Default::default()
         }),
         tags: Some(tags(version)),
@@ -193,7 +194,7 @@ pub fn kek_parameters(
 }
 
 /// The software import body, serialised: `{"Hsm": false, "key": {<JWK>,
-/// "key_ops": …}, "attributes": {"enabled": true}, "tags": …}`.
+/// "key_ops": …}, "attributes": {"enabled": …}, "tags": …}`.
 ///
 /// The buffer is reserved up front (an RSA-4096 JWK is about 3.2 KiB) so
 /// serialisation does not reallocate and leave unwiped copies behind.
@@ -201,6 +202,7 @@ pub fn software_import_body(
     target: &Target,
     version: u32,
     material: &KeyMaterial,
+    enabled: bool,
 ) -> Result<Zeroizing<Vec<u8>>, ProviderError> {
     #[derive(Serialize)]
     struct Body<'a> {
@@ -230,7 +232,7 @@ pub fn software_import_body(
             jwk: &jwk,
             key_ops: key_ops(&target.purposes),
         },
-        attributes: Attributes { enabled: true },
+        attributes: Attributes { enabled },
         tags: tags(version),
     };
     let mut out = Zeroizing::new(Vec::with_capacity(16 * 1024));
@@ -291,12 +293,7 @@ mod tests {
     use rsa::{Oaep, RsaPrivateKey};
 
     fn target(key_type: KeyType, purposes: &[Purpose], protection: Protection) -> Target {
-        Target {
-            name: "example-key-1700000000".into(),
-            key_type,
-            purposes: purposes.to_vec(),
-            protection,
-        }
+        Target::for_test("example-key-1700000000", key_type, purposes, protection)
     }
 
     /// A KEK whose private half the test holds (a sample RSA key).
@@ -383,7 +380,7 @@ mod tests {
         let material = sample(KeyType::EcdsaP384);
         let blob = transfer_blob(&kek, material).unwrap();
         let body =
-            serde_json::to_value(hsm_import(&t, 3, material, blob.clone()).unwrap()).unwrap();
+            serde_json::to_value(hsm_import(&t, 3, material, blob.clone(), true).unwrap()).unwrap();
         assert_eq!(body["Hsm"], true);
         assert_eq!(body["key"]["kty"], "EC-HSM");
         assert_eq!(body["key"]["crv"], "P-384");
@@ -405,10 +402,12 @@ mod tests {
             1,
             sample(KeyType::Rsa3072),
             b"{}".to_vec(),
+            false,
         )
         .unwrap();
         let rsa = serde_json::to_value(rsa).unwrap();
         assert_eq!(rsa["key"]["kty"], "RSA-HSM");
+        assert_eq!(rsa["attributes"]["enabled"], false, "imported disabled");
         assert!(rsa["key"].get("crv").is_none());
     }
 
@@ -420,7 +419,7 @@ mod tests {
             Protection::Software,
         );
         let material = sample(KeyType::Rsa2048);
-        let body = software_import_body(&t, 7, material).unwrap();
+        let body = software_import_body(&t, 7, material, true).unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["Hsm"], false);
         assert_eq!(body["key"]["kty"], "RSA");
@@ -436,11 +435,13 @@ mod tests {
             &target(KeyType::EcdsaP521, &[Purpose::Sign], Protection::Software),
             1,
             sample(KeyType::EcdsaP521),
+            false,
         )
         .unwrap();
         let ec: serde_json::Value = serde_json::from_slice(&ec).unwrap();
         assert_eq!(ec["key"]["kty"], "EC");
         assert_eq!(ec["key"]["crv"], "P-521");
+        assert_eq!(ec["attributes"]["enabled"], false, "imported disabled");
     }
 
     #[test]
@@ -450,7 +451,7 @@ mod tests {
             &[Purpose::Encrypt],
             Protection::Software,
         );
-        let err = software_import_body(&t, 1, sample(KeyType::Aes256Gcm96)).unwrap_err();
+        let err = software_import_body(&t, 1, sample(KeyType::Aes256Gcm96), true).unwrap_err();
         assert!(
             err.to_string().contains("cannot import aes256-gcm96"),
             "{err}"

@@ -9,7 +9,7 @@
 //! headers or tokens.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use azure_core::error::{Error as AzureError, ErrorKind};
 use azure_core::http::headers::HeaderName;
@@ -19,9 +19,11 @@ use azure_security_keyvault_keys::models::{
     CreateKeyParameters, ImportKeyParameters, Key, KeyAttributes, KeyClientGetKeyOptions,
     KeyClientUpdateKeyPropertiesOptions, UpdateKeyPropertiesParameters,
 };
+use bytes::Bytes;
 
 use super::super::ProviderError;
-use super::retry::{RetryPolicy, parse_retry_after, parse_retry_after_ms};
+use super::super::client::retry::{self, RetryPolicy, Stop, parse_retry_after, parse_retry_after_ms};
+use super::super::client::{bounded, error_chain, first_line};
 
 /// What a call was for: names the permission a 403 points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +52,7 @@ impl Op {
         }
     }
 
-    fn describe(self) -> &'static str {
+    pub fn describe(self) -> &'static str {
         match self {
             Self::CreateKek => "creating the key-exchange key",
             Self::Import => "importing the key",
@@ -77,18 +79,11 @@ pub enum Failure {
     Fatal(ProviderError),
 }
 
-const MAX_DETAIL: usize = 400;
-
-fn truncate(mut s: String) -> String {
-    if s.len() > MAX_DETAIL {
-        let mut end = MAX_DETAIL;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
-    s
+/// What a call ends with when it does not succeed: a 404 (`None`), or a
+/// provider error.
+enum Unsuccessful {
+    NotFound,
+    Failed(ProviderError),
 }
 
 /// `code: message` from a Key Vault (`{"error":{"code","message"}}`) or
@@ -111,7 +106,7 @@ fn service_message(raw: &RawResponse) -> Option<String> {
         }
         _ => return None,
     };
-    Some(truncate(text))
+    Some(bounded(text))
 }
 
 fn retry_after(raw: &RawResponse) -> Option<Duration> {
@@ -132,13 +127,6 @@ fn retry_after(raw: &RawResponse) -> Option<Duration> {
 fn is_transient_status(status: StatusCode) -> bool {
     let code = u16::from(status);
     code == 408 || code == 429 || (code >= 500 && code != 501 && code != 505)
-}
-
-/// The first line of an error's text, bounded: SDK messages append
-/// troubleshooting links on later lines.
-fn first_line(err: &dyn std::fmt::Display) -> String {
-    let text = err.to_string();
-    truncate(text.lines().next().unwrap_or_default().trim().to_owned())
 }
 
 /// Classifies one failed attempt of `op` against `vault`.
@@ -180,7 +168,7 @@ pub fn classify(err: &AzureError, op: Op, vault: &str) -> Failure {
         }
         ErrorKind::Connection | ErrorKind::Io => Failure::Transient {
             retry_after: None,
-            detail: format!("network error talking to {vault}: {}", chain(err)),
+            detail: format!("network error talking to {vault}: {}", error_chain(err)),
         },
         ErrorKind::Credential => {
             // Entra ID or IMDS failed: the wrapped error says whether trying
@@ -212,112 +200,51 @@ pub fn classify(err: &AzureError, op: Op, vault: &str) -> Failure {
     }
 }
 
-/// An error and its sources on one line (network errors nest their cause).
-fn chain(err: &AzureError) -> String {
-    let mut text = first_line(err);
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&first_line(&s));
-        source = s.source();
-    }
-    truncate(text)
-}
-
-/// A Key Vault (or Managed HSM) client with the provider's retry policy.
-pub struct KeyVault {
-    client: KeyClient,
+/// The Key Vault REST calls the provider makes, each sent once: retries
+/// are [`KeyVault::call`]'s. The SDK implements it for the real service
+/// and the unit tests' double in memory.
+#[async_trait::async_trait]
+pub trait KeyVaultApi: Send + Sync {
     /// The vault host, for messages.
-    pub vault: String,
-    policy: RetryPolicy,
+    fn vault(&self) -> &str;
+    /// `POST /keys/{name}/create`.
+    async fn create_key(&self, name: &str, parameters: CreateKeyParameters)
+    -> Result<Key, AzureError>;
+    /// `PUT /keys/{name}` with a prepared `KeyImportParameters` body.
+    async fn import_key(&self, name: &str, body: Bytes) -> Result<Key, AzureError>;
+    /// `GET /keys/{name}` (the latest version).
+    async fn latest(&self, name: &str) -> Result<Key, AzureError>;
+    /// `PATCH /keys/{name}/{version}` setting `attributes.enabled`.
+    async fn set_enabled(&self, name: &str, version: &str, enabled: bool)
+    -> Result<(), AzureError>;
+    /// `DELETE /keys/{name}`.
+    async fn delete_key(&self, name: &str) -> Result<(), AzureError>;
 }
 
-impl KeyVault {
-    /// Wraps an SDK client.
-    pub fn new(client: KeyClient, policy: RetryPolicy) -> Self {
+/// The official SDK client.
+pub struct SdkKeyVault {
+    client: KeyClient,
+    vault: String,
+}
+
+impl SdkKeyVault {
+    pub fn new(client: KeyClient) -> Self {
         let vault = client
             .endpoint()
             .host_str()
             .unwrap_or("the vault")
             .to_owned();
-        Self {
-            client,
-            vault,
-            policy,
-        }
+        Self { client, vault }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyVaultApi for SdkKeyVault {
+    fn vault(&self) -> &str {
+        &self.vault
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the retry
-    /// policy gives up. `Ok(None)` means 404. `attempt` gets the number of
-    /// failures so far, so an import can check for a lost success first.
-    pub async fn call<T, F, Fut>(&self, op: Op, mut attempt: F) -> Result<Option<T>, ProviderError>
-    where
-        F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<T, AzureError>>,
-    {
-        let start = Instant::now();
-        let mut failures = 0u32;
-        loop {
-            let err = match attempt(failures).await {
-                Ok(value) => return Ok(Some(value)),
-                Err(err) => err,
-            };
-            failures += 1;
-            match classify(&err, op, &self.vault) {
-                Failure::NotFound => return Ok(None),
-                Failure::Fatal(e) => return Err(e),
-                Failure::Transient {
-                    retry_after,
-                    detail,
-                } => {
-                    let jitter: f64 = rand::random();
-                    match self
-                        .policy
-                        .delay(failures, start.elapsed(), retry_after, jitter)
-                    {
-                        Some(wait) => {
-                            log::warn!(
-                                "azure key vault: {} failed (attempt {failures}), retrying in {} ms: {detail}",
-                                op.describe(),
-                                wait.as_millis()
-                            );
-                            tokio::time::sleep(wait).await;
-                        }
-                        None => {
-                            return Err(ProviderError::Unavailable(format!(
-                                "{} in Azure Key Vault failed after {failures} attempts over {} s: {detail}",
-                                op.describe(),
-                                start.elapsed().as_secs()
-                            )));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Like [`Self::call`] but a 404 is an error naming `what`.
-    pub async fn call_found<T, F, Fut>(
-        &self,
-        op: Op,
-        what: &str,
-        attempt: F,
-    ) -> Result<T, ProviderError>
-    where
-        F: FnMut(u32) -> Fut,
-        Fut: Future<Output = Result<T, AzureError>>,
-    {
-        self.call(op, attempt).await?.ok_or_else(|| {
-            ProviderError::Rejected(format!(
-                "{what} was not found in Azure Key Vault {} while {}",
-                self.vault,
-                op.describe()
-            ))
-        })
-    }
-
-    /// `POST /keys/{name}/create`, once (retries are the caller's loop).
-    pub async fn create_key(
+    async fn create_key(
         &self,
         name: &str,
         parameters: CreateKeyParameters,
@@ -329,20 +256,15 @@ impl KeyVault {
             .into_model()
     }
 
-    /// `PUT /keys/{name}` with a prepared body, once.
-    pub async fn import_key(
-        &self,
-        name: &str,
-        content: RequestContent<ImportKeyParameters>,
-    ) -> Result<Key, AzureError> {
+    async fn import_key(&self, name: &str, body: Bytes) -> Result<Key, AzureError> {
+        let content = <RequestContent<ImportKeyParameters> as From<Bytes>>::from(body);
         self.client
             .import_key(name, content, None)
             .await?
             .into_model()
     }
 
-    /// `GET /keys/{name}` (latest version), once.
-    pub async fn latest(&self, name: &str) -> Result<Key, AzureError> {
+    async fn latest(&self, name: &str) -> Result<Key, AzureError> {
         let options = KeyClientGetKeyOptions {
             key_version: None,
             ..Default::default()
@@ -350,13 +272,7 @@ impl KeyVault {
         self.client.get_key(name, Some(options)).await?.into_model()
     }
 
-    /// `PATCH /keys/{name}/{version}` setting `attributes.enabled`, once.
-    pub async fn set_enabled(
-        &self,
-        name: &str,
-        version: &str,
-        enabled: bool,
-    ) -> Result<(), AzureError> {
+    async fn set_enabled(&self, name: &str, version: &str, enabled: bool) -> Result<(), AzureError> {
         let parameters = UpdateKeyPropertiesParameters {
             key_attributes: Some(KeyAttributes {
                 enabled: Some(enabled),
@@ -374,10 +290,89 @@ impl KeyVault {
         Ok(())
     }
 
-    /// `DELETE /keys/{name}`, once.
-    pub async fn delete_key(&self, name: &str) -> Result<(), AzureError> {
+    async fn delete_key(&self, name: &str) -> Result<(), AzureError> {
         self.client.delete_key(name, None).await?;
         Ok(())
+    }
+}
+
+/// A Key Vault API with the provider's retry policy.
+pub struct KeyVault {
+    pub api: std::sync::Arc<dyn KeyVaultApi>,
+    policy: RetryPolicy,
+}
+
+impl KeyVault {
+    pub fn new(api: std::sync::Arc<dyn KeyVaultApi>, policy: RetryPolicy) -> Self {
+        Self { api, policy }
+    }
+
+    /// The vault host, for messages.
+    pub fn vault(&self) -> &str {
+        self.api.vault()
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the retry
+    /// policy gives up. `Ok(None)` means 404. `attempt` gets the number of
+    /// failures so far, so an import can check for a lost success first.
+    pub async fn call<T, F, Fut>(&self, op: Op, mut attempt: F) -> Result<Option<T>, ProviderError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, AzureError>>,
+    {
+        let vault = self.vault();
+        let label = format!("azure key vault: {}", op.describe());
+        let result = retry::run(&self.policy, &label, |failures| {
+            let attempt = attempt(failures);
+            async move {
+                attempt.await.map_err(|err| match classify(&err, op, vault) {
+                    Failure::Transient {
+                        retry_after,
+                        detail,
+                    } => retry::Failure::Transient {
+                        retry_after,
+                        detail,
+                    },
+                    Failure::NotFound => retry::Failure::Final(Unsuccessful::NotFound),
+                    Failure::Fatal(e) => retry::Failure::Final(Unsuccessful::Failed(e)),
+                })
+            }
+        })
+        .await;
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(Stop::Final(Unsuccessful::NotFound)) => Ok(None),
+            Err(Stop::Final(Unsuccessful::Failed(e))) => Err(e),
+            Err(Stop::GaveUp {
+                attempts,
+                elapsed,
+                detail,
+            }) => Err(ProviderError::Unavailable(format!(
+                "{} in Azure Key Vault failed after {attempts} attempts over {} s: {detail}",
+                op.describe(),
+                elapsed.as_secs()
+            ))),
+        }
+    }
+
+    /// Like [`Self::call`] but a 404 is an error naming `what`.
+    pub async fn call_found<T, F, Fut>(
+        &self,
+        op: Op,
+        what: &str,
+        attempt: F,
+    ) -> Result<T, ProviderError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, AzureError>>,
+    {
+        self.call(op, attempt).await?.ok_or_else(|| {
+            ProviderError::Rejected(format!(
+                "{what} was not found in Azure Key Vault {} while {}",
+                self.vault(),
+                op.describe()
+            ))
+        })
     }
 }
 
@@ -391,26 +386,29 @@ pub fn version_of(kid: &str) -> Option<&str> {
     (segments.next()? == "keys" && !version.is_empty()).then_some(version)
 }
 
+/// An SDK error as an HTTP response would produce it, for test doubles.
+#[cfg(test)]
+pub fn http_error(status: u16, headers: &[(&'static str, &str)], body: &str) -> AzureError {
+    use azure_core::http::headers::Headers;
+    let mut h = Headers::new();
+    for (k, v) in headers {
+        h.insert(HeaderName::from_static(k), (*v).to_owned());
+    }
+    let raw = RawResponse::from_bytes(StatusCode::from(status), h, body.as_bytes().to_vec());
+    AzureError::with_message(
+        ErrorKind::HttpResponse {
+            status: StatusCode::from(status),
+            error_code: None,
+            raw_response: Some(Box::new(raw)),
+        },
+        "failed",
+    )
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use azure_core::http::headers::Headers;
-
-    fn http_error(status: u16, headers: &[(&'static str, &str)], body: &str) -> AzureError {
-        let mut h = Headers::new();
-        for (k, v) in headers {
-            h.insert(HeaderName::from_static(k), (*v).to_owned());
-        }
-        let raw = RawResponse::from_bytes(StatusCode::from(status), h, body.as_bytes().to_vec());
-        AzureError::with_message(
-            ErrorKind::HttpResponse {
-                status: StatusCode::from(status),
-                error_code: None,
-                raw_response: Some(Box::new(raw)),
-            },
-            "failed",
-        )
-    }
 
     const KV_ERROR: &str = r#"{"error":{"code":"Forbidden","message":"The user does not have keys import permission"}}"#;
 

@@ -18,8 +18,12 @@ use std::path::PathBuf;
 use azure_core::http::Url;
 use zeroize::Zeroizing;
 
+use super::super::client::retry::RetryPolicy;
+use super::super::client::{Env, check_endpoint_url};
+use super::super::registry::ConfigError;
 use super::super::{ProviderConfig, ProviderError};
 use crate::framework::Secret;
+use crate::framework::error::quote;
 
 /// Tenant (directory) id; takes precedence over `credentials.tenant_id`.
 pub const ENV_TENANT_ID: &str = "AZURE_TENANT_ID";
@@ -178,14 +182,8 @@ pub struct Settings {
     pub imds_endpoint: Option<Url>,
     /// Extra trusted CA certificates (PEM file).
     pub ca_file: Option<PathBuf>,
-    /// Retry backoff base delay.
-    pub retry_base: std::time::Duration,
-}
-
-/// Reads the process environment; empty values count as unset, as in
-/// Vault, so `AZURE_CLIENT_SECRET=` does not mask the credentials map.
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    /// Retries of every call.
+    pub retry: RetryPolicy,
 }
 
 fn config_error(message: impl Into<String>) -> ProviderError {
@@ -195,17 +193,14 @@ fn config_error(message: impl Into<String>) -> ProviderError {
 impl Settings {
     /// Resolves a stored provider configuration against an environment
     /// lookup (the real one is [`process_env`]; tests pass a map).
-    pub fn resolve(
-        config: &ProviderConfig,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, ProviderError> {
+    pub fn resolve(config: &ProviderConfig, env: Env) -> Result<Self, ProviderError> {
         Self::from_parts(&config.key_collection, &config.credentials, env)
     }
 
     fn from_parts(
         key_collection: &str,
         credentials: &BTreeMap<String, Secret>,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: Env,
     ) -> Result<Self, ProviderError> {
         // Environment first, then the credentials map (Vault's order).
         let pick = |var: &str, key: &str| -> Option<Zeroizing<String>> {
@@ -221,8 +216,8 @@ impl Settings {
             None => Environment::Public,
             Some(name) => Environment::parse(&name).ok_or_else(|| {
                 config_error(format!(
-                    "unknown Azure environment {:?}; expected one of {}",
-                    name.as_str(),
+                    "credentials.environment: unknown Azure environment {}; expected one of {}",
+                    quote(&name),
                     Environment::ALL.map(Environment::name).join(", ")
                 ))
             })?,
@@ -253,14 +248,7 @@ impl Settings {
         let imds_endpoint = env(ENV_IMDS_ENDPOINT)
             .map(|url| imds_token_url(&url))
             .transpose()?;
-        let retry_base = match env(ENV_RETRY_BASE_MS) {
-            None => std::time::Duration::from_millis(500),
-            Some(ms) => std::time::Duration::from_millis(ms.trim().parse().map_err(|_| {
-                config_error(format!(
-                    "{ENV_RETRY_BASE_MS} must be a number of milliseconds"
-                ))
-            })?),
-        };
+        let retry = RetryPolicy::from_env(ENV_RETRY_BASE_MS, env).map_err(config_error)?;
         Ok(Self {
             endpoint,
             endpoint_overridden,
@@ -270,22 +258,104 @@ impl Settings {
             identity,
             imds_endpoint,
             ca_file: env(ENV_CA_FILE).map(PathBuf::from),
-            retry_base,
+            retry,
         })
     }
 }
 
 fn parse_url(what: &str, value: &str, https_only: bool) -> Result<Url, ProviderError> {
+    let shown = quote(value);
     let url = Url::parse(value.trim())
-        .map_err(|e| config_error(format!("{what} {value:?} is not a URL: {e}")))?;
+        .map_err(|e| config_error(format!("{what} {shown} is not a URL: {e}")))?;
     if https_only && url.scheme() != "https" {
-        return Err(config_error(format!("{what} {value:?} must use https")));
+        return Err(config_error(format!("{what} {shown} must use https")));
     }
     if url.host_str().is_none() {
-        return Err(config_error(format!("{what} {value:?} has no host")));
+        return Err(config_error(format!("{what} {shown} has no host")));
     }
     Ok(url)
 }
+
+/// Longest credential value accepted: Entra client secrets are about 40
+/// characters; anything near this bound is a pasted file, not a secret.
+const MAX_CREDENTIAL_LEN: usize = 1024;
+
+/// The checks of `kms/:name` writes: the stored `key_collection` and
+/// credential values, each with Azure's own rules. Environment variables
+/// may still override some of them when the provider connects.
+pub fn validate(config: &ProviderConfig) -> Result<(), ConfigError> {
+    let credentials = &config.credentials;
+    let value = |key: &str| {
+        credentials
+            .get(key)
+            .map(|s| s.expose().trim())
+            .filter(|v| !v.is_empty())
+    };
+    for (key, secret) in credentials {
+        let raw = secret.expose();
+        if raw.chars().any(char::is_control) || raw.len() > MAX_CREDENTIAL_LEN {
+            return Err(ConfigError::credential(
+                key,
+                format!("must be at most {MAX_CREDENTIAL_LEN} bytes, without control characters"),
+            ));
+        }
+    }
+    let environment = match value("environment") {
+        None => Environment::Public,
+        Some(name) => Environment::parse(name).ok_or_else(|| {
+            ConfigError::credential(
+                "environment",
+                format!(
+                    "unknown Azure environment {}; expected one of {}",
+                    quote(name),
+                    Environment::ALL.map(Environment::name).join(", ")
+                ),
+            )
+        })?,
+    };
+    if let Some(tenant) = value("tenant_id")
+        && !(is_guid(tenant) || is_dns_name(tenant))
+    {
+        return Err(ConfigError::credential(
+            "tenant_id",
+            "must be a directory (tenant) id: a GUID, or a verified domain name such as contoso.onmicrosoft.com",
+        ));
+    }
+    if let Some(client) = value("client_id")
+        && !is_guid(client)
+    {
+        return Err(ConfigError::credential(
+            "client_id",
+            "must be an application (client) id: a GUID such as 00000000-0000-0000-0000-000000000000",
+        ));
+    }
+    keyvault_endpoint(&config.key_collection, environment).map_err(|e| {
+        let message = e.to_string();
+        let message = message.strip_prefix("key_collection ").unwrap_or(&message);
+        ConfigError::new("key_collection", message.to_owned())
+    })?;
+    Ok(())
+}
+
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 
 /// The Key Vault base URL for a `key_collection`:
 /// - a vault name (`my-vault`) becomes `https://my-vault.<suffix>`;
@@ -298,6 +368,8 @@ pub fn keyvault_endpoint(
 ) -> Result<Url, ProviderError> {
     let collection = key_collection.trim().trim_end_matches('/');
     if collection.contains("://") {
+        check_endpoint_url(collection)
+            .map_err(|m| config_error(format!("key_collection {} {m}", quote(collection))))?;
         return parse_url("key_collection", collection, true);
     }
     if collection.contains('.') {
@@ -306,7 +378,8 @@ pub fn keyvault_endpoint(
         });
         if !valid {
             return Err(config_error(format!(
-                "key_collection {collection:?} is neither a Key Vault name nor a host name"
+                "key_collection {} is neither a Key Vault name nor a host name",
+                quote(collection)
             )));
         }
         return parse_url("key_collection", &format!("https://{collection}"), true);
@@ -320,7 +393,8 @@ pub fn keyvault_endpoint(
             .all(|c| c.is_ascii_alphanumeric() || c == '-');
     if !valid {
         return Err(config_error(format!(
-            "key_collection {collection:?} is not a Key Vault name (3-24 letters, digits and hyphens, starting with a letter), a Managed HSM host or an https:// URL"
+            "key_collection {} is not a Key Vault name (3-24 letters, digits and hyphens, starting with a letter), a Managed HSM host or an https:// URL",
+            quote(collection)
         )));
     }
     parse_url(
@@ -450,7 +524,7 @@ mod tests {
             if client_id == "c1" && client_secret.as_str() == "s1")
         );
         assert_eq!(s.imds_endpoint, None);
-        assert_eq!(s.retry_base, std::time::Duration::from_millis(500));
+        assert_eq!(s.retry.base, std::time::Duration::from_millis(500));
         assert!(!format!("{s:?}").contains("s1"));
     }
 
@@ -550,7 +624,7 @@ mod tests {
             "http://127.0.0.1:7070/metadata/identity/oauth2/token"
         );
         assert_eq!(s.ca_file, Some(PathBuf::from("/tmp/ca.pem")));
-        assert_eq!(s.retry_base, std::time::Duration::from_millis(20));
+        assert_eq!(s.retry.base, std::time::Duration::from_millis(20));
         // A full IMDS URL is kept as given.
         assert_eq!(
             imds_token_url("http://10.0.0.1/custom/token")
@@ -562,6 +636,48 @@ mod tests {
             default_imds_token_url().unwrap().as_str(),
             "http://169.254.169.254/metadata/identity/oauth2/token"
         );
+    }
+
+    fn config(collection: &str, pairs: &[(&str, &str)]) -> ProviderConfig {
+        ProviderConfig {
+            kind: super::super::super::ProviderKind::parse("azurekeyvault").unwrap(),
+            key_collection: collection.into(),
+            credentials: creds(pairs),
+        }
+    }
+
+    #[test]
+    fn stored_configuration_is_checked_at_write() {
+        let tenant = ("tenant_id", "cd4bf224-d114-4f96-9bbc-b8f45751c43f");
+        let client = ("client_id", "a0454cd1-e28e-405e-bc50-7477fa8a00b7");
+        let secret = ("client_secret", "x~y");
+        assert_eq!(validate(&config("kv1", &[tenant, client, secret])), Ok(()));
+        let domain = ("tenant_id", "contoso.onmicrosoft.com");
+        assert_eq!(validate(&config("kv1", &[domain])), Ok(()));
+        let hsm = "https://hsm1.managedhsm.azure.net";
+        assert_eq!(validate(&config(hsm, &[])), Ok(()));
+        let china = ("environment", "AzureChinaCloud");
+        assert_eq!(validate(&config("kv1", &[china])), Ok(()));
+        let field = |c: ProviderConfig| validate(&c).unwrap_err().field;
+        for collection in [
+            "kv\u{7}1",
+            "https://kv1.vault.azure.net/#frag",
+            "https://kv1.vault.azure.net/?x=1",
+            "http://kv1.vault.azure.net",
+            "a",
+            "bad_name",
+        ] {
+            assert_eq!(field(config(collection, &[])), "key_collection", "{collection:?}");
+        }
+        let mars = ("environment", "Mars");
+        assert_eq!(field(config("kv1", &[mars])), "credentials.environment");
+        let spaced = ("tenant_id", "a b");
+        assert_eq!(field(config("kv1", &[spaced])), "credentials.tenant_id");
+        let app = ("client_id", "app");
+        assert_eq!(field(config("kv1", &[app])), "credentials.client_id");
+        let err = validate(&config("kv1", &[("client_secret", "line1\nline2")])).unwrap_err();
+        assert_eq!(err.field, "credentials.client_secret");
+        assert!(!err.to_string().contains("line1"), "{err}");
     }
 
     #[test]

@@ -29,21 +29,30 @@ mod auth;
 mod byok;
 mod client;
 pub mod config;
-mod retry;
+#[cfg(test)]
+pub mod fake;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use azure_core::error::{Error as AzureError, ErrorKind};
-use azure_core::http::{RequestContent, StatusCode};
-use azure_security_keyvault_keys::models::{ImportKeyParameters, Key};
+use azure_core::http::StatusCode;
+use azure_security_keyvault_keys::models::Key;
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use bytes::Bytes;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{KmsProvider, Protection, ProviderConfig, ProviderError, Target, VersionState};
+use super::client::process_env;
+use super::client::retry::RetryPolicy;
+use super::registry::{Credential, Descriptor, any_purposes};
+use super::{
+    ImportRequest, ImportSession, KmsProvider, Protection, ProviderConfig, ProviderError, Purpose,
+    Target, VersionState,
+};
+use crate::engine::key_type::KeyType;
 use crate::engine::material::KeyMaterial;
-use client::{KeyVault, Op};
+use client::{KeyVault, KeyVaultApi, Op, SdkKeyVault};
 use config::Settings;
 
 /// The Key Vault REST api-version: 7.6 is the version whose specification
@@ -53,10 +62,64 @@ pub const API_VERSION: &str = "7.6";
 /// Longest Azure key name.
 const MAX_NAME_LEN: usize = 127;
 
+/// Every RSA purpose: Azure keys take any `key_ops`.
+const RSA_PURPOSES: &[Purpose] = &Purpose::ALL;
+/// EC keys sign and verify.
+const EC_PURPOSES: &[Purpose] = &[Purpose::Sign, Purpose::Verify];
+
+/// The `azurekeyvault` provider.
+pub static DESCRIPTOR: Descriptor = Descriptor {
+    name: "azurekeyvault",
+    title: "Azure Key Vault",
+    key_collection: "the Key Vault name, a Managed HSM host name or an https:// URL",
+    credentials: &[
+        Credential {
+            key: "tenant_id",
+            env: Some(config::ENV_TENANT_ID),
+            secret: false,
+            description: "Directory (tenant) id; required, also with a managed identity.",
+        },
+        Credential {
+            key: "client_id",
+            env: Some(config::ENV_CLIENT_ID),
+            secret: false,
+            description: "Application (client) id; without it and a secret, the managed identity is used.",
+        },
+        Credential {
+            key: "client_secret",
+            env: Some(config::ENV_CLIENT_SECRET),
+            secret: true,
+            description: "Client secret of the application.",
+        },
+        Credential {
+            key: "environment",
+            env: Some(config::ENV_ENVIRONMENT),
+            secret: false,
+            description: "AzurePublicCloud (default), AzureUSGovernmentCloud or AzureChinaCloud.",
+        },
+    ],
+    support: &[
+        (KeyType::Rsa2048, RSA_PURPOSES),
+        (KeyType::Rsa3072, RSA_PURPOSES),
+        (KeyType::Rsa4096, RSA_PURPOSES),
+        // Azure imports EC keys on all three NIST curves.
+        (KeyType::EcdsaP256, EC_PURPOSES),
+        (KeyType::EcdsaP384, EC_PURPOSES),
+        (KeyType::EcdsaP521, EC_PURPOSES),
+    ],
+    check_purposes: any_purposes,
+    protections: &[Protection::Hsm, Protection::Software],
+    import_spec: "Azure BYOK (`protection=hsm`), JWK over TLS (`protection=software`)",
+    replicates: false,
+    validate: config::validate,
+    check_key_name,
+    connect,
+};
+
 /// Builds the provider for a stored configuration; called once per
 /// provider and cached by the engine.
 pub fn connect(config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, ProviderError> {
-    let settings = Settings::resolve(config, &config::process_env)?;
+    let settings = Settings::resolve(config, &process_env)?;
     let http = auth::http_client(&settings)?;
     let credential = auth::credential(&settings, &http)?;
     let options = KeyClientOptions {
@@ -67,25 +130,40 @@ pub fn connect(config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, Provider
     };
     let client = KeyClient::new(settings.endpoint.as_str(), credential, Some(options))
         .map_err(|e| ProviderError::Config(format!("Azure Key Vault client: {e}")))?;
-    Ok(Arc::new(AzureKeyVault {
-        vault: KeyVault::new(client, retry::RetryPolicy::with_base(settings.retry_base)),
-        keks: tokio::sync::Mutex::default(),
-    }))
+    Ok(Arc::new(AzureKeyVault::new(
+        Arc::new(SdkKeyVault::new(client)),
+        settings.retry,
+    )))
 }
 
 /// One configured `azurekeyvault` provider.
 pub struct AzureKeyVault {
     vault: KeyVault,
-    /// The key-exchange key of each import run in progress, by target key
-    /// name: one KEK serves every version of a distribution, and
-    /// `finish_imports` deletes it.
-    keks: tokio::sync::Mutex<std::collections::HashMap<String, KekInVault>>,
+}
+
+impl AzureKeyVault {
+    /// The provider over any Key Vault API (the SDK, or a test double).
+    pub fn new(api: Arc<dyn KeyVaultApi>, retry: RetryPolicy) -> Self {
+        Self {
+            vault: KeyVault::new(api, retry),
+        }
+    }
 }
 
 /// A key-exchange key created in the vault for one import run.
 struct KekInVault {
     name: String,
     key: Key,
+}
+
+/// The length of `-<unix seconds>` that distribution appends to a Vault
+/// key name; ten digits until 2286.
+const SUFFIX_LEN: usize = 11;
+
+/// A Vault key can be distributed to Azure when `<key>-<unix seconds>` is
+/// an Azure key name.
+fn check_key_name(key: &str) -> Result<(), String> {
+    check_name(&format!("{key}-{}", "1".repeat(SUFFIX_LEN - 1))).map_err(|e| e.to_string())
 }
 
 /// Azure key names are `^[0-9a-zA-Z-]{1,127}$`; a Vault key name outside
@@ -139,8 +217,8 @@ impl SecretBody {
         Self(Bytes::from(std::mem::take(&mut *plain)))
     }
 
-    fn content<T>(&self) -> RequestContent<T> {
-        <RequestContent<T> as From<Bytes>>::from(self.0.clone())
+    fn bytes(&self) -> Bytes {
+        self.0.clone()
     }
 }
 
@@ -177,7 +255,9 @@ impl AzureKeyVault {
         material: &KeyMaterial,
     ) -> Result<Option<String>, ProviderError> {
         let vault = &self.vault;
-        let key = vault.call(Op::Get, |_| vault.latest(&target.name)).await?;
+        let key = vault
+            .call(Op::Get, |_| vault.api.latest(&target.name))
+            .await?;
         Ok(key.and_then(|k| matching_version(&k, version, material)))
     }
 
@@ -194,10 +274,10 @@ impl AzureKeyVault {
         let name = target.name.as_str();
         vault
             .call_found(Op::Import, &format!("key {name:?}"), |failures| {
-                let content: RequestContent<ImportKeyParameters> = body.content();
+                let content = body.bytes();
                 async move {
                     if failures > 0 {
-                        match vault.latest(name).await {
+                        match vault.api.latest(name).await {
                             Ok(key) => {
                                 if let Some(id) = matching_version(&key, version, material) {
                                     return Ok(id);
@@ -207,43 +287,10 @@ impl AzureKeyVault {
                             Err(e) => return Err(e),
                         }
                     }
-                    kid_version(&vault.import_key(name, content).await?)
+                    kid_version(&vault.api.import_key(name, content).await?)
                 }
             })
             .await
-    }
-
-    async fn import_software(
-        &self,
-        target: &Target,
-        version: u32,
-        material: &KeyMaterial,
-    ) -> Result<String, ProviderError> {
-        let body = SecretBody::new(byok::software_import_body(target, version, material)?);
-        self.import_body(target, version, material, &body).await
-    }
-
-    /// BYOK: wrap under this run's KEK (created on first use) and import.
-    /// Returns the version id and the time spent wrapping.
-    async fn import_hsm(
-        &self,
-        target: &Target,
-        version: u32,
-        material: &KeyMaterial,
-    ) -> Result<(String, std::time::Duration), ProviderError> {
-        let kek = {
-            let mut keks = self.keks.lock().await;
-            match keks.get(&target.name) {
-                Some(kek) => kek.key.clone(),
-                None => {
-                    let kek = self.create_kek().await?;
-                    let key = kek.key.clone();
-                    keks.insert(target.name.clone(), kek);
-                    key
-                }
-            }
-        };
-        self.wrap_and_import(target, version, material, &kek).await
     }
 
     /// Creates a key-exchange key. If the creation failed in a way that may
@@ -255,7 +302,7 @@ impl AzureKeyVault {
         let now = time::OffsetDateTime::now_utc();
         let created = vault
             .call_found(Op::CreateKek, "the key-exchange key", |_| {
-                vault.create_key(&name, byok::kek_parameters(now))
+                vault.api.create_key(&name, byok::kek_parameters(now))
             })
             .await;
         match created {
@@ -273,19 +320,20 @@ impl AzureKeyVault {
     async fn delete_kek(&self, name: &str) {
         let vault = &self.vault;
         // 404 is fine.
-        if let Err(e) = vault.call(Op::Delete, |_| vault.delete_key(name)).await {
+        if let Err(e) = vault.call(Op::Delete, |_| vault.api.delete_key(name)).await {
             log::warn!(
                 "azure key vault: could not delete key-exchange key {name} in {} (it expires within a day; delete it by hand): {e}",
-                vault.vault
+                vault.vault()
             );
         }
     }
 
+    /// BYOK: wraps under `kek` and imports. Returns the version id and the
+    /// time spent wrapping.
     async fn wrap_and_import(
         &self,
         target: &Target,
-        version: u32,
-        material: &KeyMaterial,
+        request: &ImportRequest<'_>,
         kek: &Key,
     ) -> Result<(String, std::time::Duration), ProviderError> {
         let jwk = kek.key.as_ref();
@@ -300,44 +348,89 @@ impl AzureKeyVault {
         };
         let kek = byok::Kek { kid, n, e };
         let wrap_started = Instant::now();
-        let blob = byok::transfer_blob(&kek, material)?;
-        let parameters = byok::hsm_import(target, version, material, blob)?;
+        let blob = byok::transfer_blob(&kek, request.material)?;
+        let parameters = byok::hsm_import(
+            target,
+            request.version,
+            request.material,
+            blob,
+            request.enabled,
+        )?;
         let wrap_time = wrap_started.elapsed();
         // Ciphertext only, but one buffer keeps retries copy-free.
         let body = serde_json::to_vec(&parameters).map_err(|e| {
             ProviderError::Rejected(format!("encoding the import request failed: {e}"))
         })?;
         let body = SecretBody::new(Zeroizing::new(body));
-        let id = self.import_body(target, version, material, &body).await?;
+        let id = self
+            .import_body(target, request.version, request.material, &body)
+            .await?;
         Ok((id, wrap_time))
     }
 }
 
+/// One import run: `protection=hsm` creates one key-exchange key on first
+/// use, shared by every version of the run and deleted by `finish`.
+struct AzureImport<'a> {
+    provider: &'a AzureKeyVault,
+    target: &'a Target,
+    kek: tokio::sync::Mutex<Option<KekInVault>>,
+    touched: AtomicBool,
+}
+
+impl AzureImport<'_> {
+    async fn kek(&self) -> Result<Key, ProviderError> {
+        let mut kek = self.kek.lock().await;
+        if let Some(kek) = kek.as_ref() {
+            return Ok(kek.key.clone());
+        }
+        let created = self.provider.create_kek().await?;
+        let key = created.key.clone();
+        *kek = Some(created);
+        Ok(key)
+    }
+}
+
 #[async_trait::async_trait]
-impl KmsProvider for AzureKeyVault {
-    async fn import_version(
-        &self,
-        target: &Target,
-        version: u32,
-        material: &KeyMaterial,
-    ) -> Result<String, ProviderError> {
+impl ImportSession for AzureImport<'_> {
+    async fn import(&self, request: ImportRequest<'_>) -> Result<String, ProviderError> {
+        let (target, provider) = (self.target, self.provider);
         check_name(&target.name)?;
-        byok::azure_kty(material, target.protection)?;
+        byok::azure_kty(request.material, target.protection)?;
         let started = Instant::now();
-        if let Some(id) = self.existing(target, version, material).await? {
+        let version = request.version;
+        // One GET, whether or not an earlier attempt is known to have
+        // started: it is cheap, and it also covers a lost response.
+        if let Some(id) = provider
+            .existing(target, version, request.material)
+            .await?
+        {
             log::info!(
                 "azure key vault: version {version} of {} is already in {} as {id}; recording it",
                 target.name,
-                self.vault.vault
+                provider.vault.vault()
             );
             return Ok(id);
         }
         let (id, wrap) = match target.protection {
-            Protection::Software => (
-                self.import_software(target, version, material).await?,
-                std::time::Duration::ZERO,
-            ),
-            Protection::Hsm => self.import_hsm(target, version, material).await?,
+            Protection::Software => {
+                let body = SecretBody::new(byok::software_import_body(
+                    target,
+                    version,
+                    request.material,
+                    request.enabled,
+                )?);
+                self.touched.store(true, Ordering::SeqCst);
+                let id = provider
+                    .import_body(target, version, request.material, &body)
+                    .await?;
+                (id, std::time::Duration::ZERO)
+            }
+            Protection::Hsm => {
+                let kek = self.kek().await?;
+                self.touched.store(true, Ordering::SeqCst);
+                provider.wrap_and_import(target, &request, &kek).await?
+            }
         };
         let total = started.elapsed();
         log::info!(
@@ -345,26 +438,42 @@ impl KmsProvider for AzureKeyVault {
             version = version,
             azure_version = id.as_str(),
             protection = target.protection.as_str(),
+            enabled = request.enabled,
             wrap_us = wrap.as_micros(),
             total_us = total.as_micros();
             "azure key vault: imported version {version} of {} into {}",
             target.name,
-            self.vault.vault
+            provider.vault.vault()
         );
         Ok(id)
     }
 
-    async fn finish_imports(&self, target: &Target) {
-        let kek = self.keks.lock().await.remove(&target.name);
-        if let Some(kek) = kek {
-            self.delete_kek(&kek.name).await;
+    fn touched(&self) -> bool {
+        self.touched.load(Ordering::SeqCst)
+    }
+
+    async fn finish(self: Box<Self>) {
+        if let Some(kek) = self.kek.into_inner() {
+            self.provider.delete_kek(&kek.name).await;
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl KmsProvider for AzureKeyVault {
+    fn begin_import<'a>(&'a self, target: &'a Target) -> Box<dyn ImportSession + 'a> {
+        Box::new(AzureImport {
+            provider: self,
+            target,
+            kek: tokio::sync::Mutex::default(),
+            touched: AtomicBool::new(false),
+        })
     }
 
     async fn set_enabled(
         &self,
         target: &Target,
-        versions: &[VersionState],
+        versions: &[VersionState<'_>],
     ) -> Result<(), ProviderError> {
         check_name(&target.name)?;
         let vault = &self.vault;
@@ -376,7 +485,11 @@ impl KmsProvider for AzureKeyVault {
                         "version {} ({}) of key {:?}",
                         state.version, state.provider_id, target.name
                     ),
-                    |_| vault.set_enabled(&target.name, &state.provider_id, state.enabled),
+                    |_| {
+                        vault
+                            .api
+                            .set_enabled(&target.name, state.provider_id, state.enabled)
+                    },
                 )
                 .await?;
         }
@@ -386,13 +499,15 @@ impl KmsProvider for AzureKeyVault {
     async fn remove(
         &self,
         target: &Target,
-        _versions: &[VersionState],
+        _versions: &[VersionState<'_>],
+        _unrecorded: &[u32],
     ) -> Result<(), ProviderError> {
         check_name(&target.name)?;
         let vault = &self.vault;
-        // 404: already deleted (e.g. a repeat after a lost response).
+        // One DELETE removes every version, recorded or not. 404: already
+        // deleted (e.g. a repeat after a lost response).
         vault
-            .call(Op::Delete, |_| vault.delete_key(&target.name))
+            .call(Op::Delete, |_| vault.api.delete_key(&target.name))
             .await?;
         Ok(())
     }
@@ -418,8 +533,8 @@ mod tests {
     #[test]
     fn secret_bodies_are_wiped_once_unshared() {
         let body = SecretBody::new(Zeroizing::new(b"{\"d\":\"secret\"}".to_vec()));
-        let content: RequestContent<ImportKeyParameters> = body.content();
-        drop(content);
+        let shared = body.bytes();
+        drop(shared);
         let shared = Bytes::from(b"secret".to_vec());
         let other = shared.clone();
         assert!(!wipe(shared), "a shared buffer cannot be wiped");
@@ -431,7 +546,7 @@ mod tests {
     fn connect_reads_the_configuration() {
         use crate::framework::Secret;
         let config = ProviderConfig {
-            kind: super::super::ProviderKind::AzureKeyVault,
+            kind: super::super::ProviderKind::parse("azurekeyvault").unwrap(),
             key_collection: "bad_name".into(),
             credentials: [("tenant_id".to_owned(), Secret::new("t".into()))].into(),
         };

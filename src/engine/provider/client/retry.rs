@@ -1,19 +1,24 @@
-//! Backoff for throttled and failed Key Vault calls.
+//! Retries for provider calls: one policy and one loop for every provider.
 //!
-//! Key Vault throttles per vault and per subscription and answers 429 with
-//! `Retry-After`; 5xx and dropped connections are transient too. Each call
-//! is retried with exponential backoff and "equal jitter" (half fixed, half
-//! random, so concurrent Vault nodes spread out without ever retrying
-//! immediately), never sooner than the service asked, and within a total
-//! budget so a Vault request cannot hang behind an outage.
+//! Cloud KMS services throttle (Azure and AWS answer 429 or
+//! `ThrottlingException`, often with `Retry-After`) and fail transiently
+//! (5xx, dropped connections). Each logical call is retried with
+//! exponential backoff and "equal jitter" (half fixed, half random, so that
+//! concurrent Vault nodes spread out without ever retrying immediately),
+//! never sooner than the service asked, and within an overall deadline per
+//! call, so that a Vault request cannot hang behind an outage: the deadline
+//! is well under the 90 s the server gives a request.
 //!
-//! The SDK's own retry policy is switched off: ours must run the
-//! idempotency check between import attempts (see `client.rs`), and keeping
-//! the policy a pure function makes its bounds testable.
+//! What counts as transient is each provider's decision: its attempt
+//! closure turns its SDK's error into a [`Failure`]. The SDKs' own retry
+//! layers are switched off, so that this loop is the only one and can run
+//! the providers' idempotency checks between attempts.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
-/// Retry bounds for one logical Key Vault call.
+
+/// Retry bounds for one logical provider call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Delay after the first failure, before jitter.
@@ -67,6 +72,100 @@ impl RetryPolicy {
             return None;
         }
         Some(wait)
+    }
+}
+
+/// The default base delay of the backoff.
+pub const DEFAULT_BASE: Duration = Duration::from_millis(500);
+
+impl RetryPolicy {
+    /// The production policy, with the base delay read from `variable` (in
+    /// milliseconds) when it is set: the tests lower it so that
+    /// fault-injection runs stay quick.
+    pub fn from_env(
+        variable: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        match env(variable) {
+            None => Ok(Self::with_base(DEFAULT_BASE)),
+            Some(ms) => ms
+                .trim()
+                .parse::<u64>()
+                .map(|ms| Self::with_base(Duration::from_millis(ms)))
+                .map_err(|_| format!("{variable} must be a number of milliseconds")),
+        }
+    }
+}
+
+/// How one failed attempt continues.
+#[derive(Debug)]
+pub enum Failure<E> {
+    /// Worth another attempt, no sooner than `retry_after` if given.
+    Transient {
+        /// What the service asked for.
+        retry_after: Option<Duration>,
+        /// Summary for the final error if retries run out. Never holds a
+        /// secret: built from status codes and service messages only.
+        detail: String,
+    },
+    /// No retry can help.
+    Final(E),
+}
+
+/// Why a retried call stopped without success.
+#[derive(Debug)]
+pub enum Stop<E> {
+    /// An attempt failed for good.
+    Final(E),
+    /// Transient failures outlasted the policy.
+    GaveUp {
+        /// Attempts made, the first included.
+        attempts: u32,
+        /// Time spent, waits included.
+        elapsed: Duration,
+        /// The last failure's detail.
+        detail: String,
+    },
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `policy` gives up.
+/// `attempt` gets the number of failures so far, so that an import can
+/// check for a lost earlier success before it sends again. `label` names
+/// the provider and the call in the warning logged before each retry.
+pub async fn run<T, E, F, Fut>(policy: &RetryPolicy, label: &str, mut attempt: F) -> Result<T, Stop<E>>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, Failure<E>>>,
+{
+    let start = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let (retry_after, detail) = match attempt(failures).await {
+            Ok(value) => return Ok(value),
+            Err(Failure::Final(err)) => return Err(Stop::Final(err)),
+            Err(Failure::Transient {
+                retry_after,
+                detail,
+            }) => (retry_after, detail),
+        };
+        failures += 1;
+        let jitter: f64 = rand::random();
+        match policy.delay(failures, start.elapsed(), retry_after, jitter) {
+            Some(wait) => {
+                log::warn!(
+                    "{label} failed (attempt {failures}), retrying in {} ms: {detail}",
+                    wait.as_millis()
+                );
+                tokio::time::sleep(wait).await;
+            }
+            None => {
+                return Err(Stop::GaveUp {
+                    attempts: failures,
+                    elapsed: start.elapsed(),
+                    detail,
+                });
+            }
+        }
     }
 }
 
@@ -163,6 +262,69 @@ mod tests {
             p.delay(1, Duration::ZERO, Some(Duration::from_secs(31)), 0.0),
             None
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_retries_transient_failures_only() {
+        let p = policy();
+        let mut seen = Vec::new();
+        let result: Result<u32, Stop<&str>> = run(&p, "test call", |failures| {
+            seen.push(failures);
+            async move {
+                if failures < 2 {
+                    Err(Failure::Transient {
+                        retry_after: None,
+                        detail: "busy".into(),
+                    })
+                } else {
+                    Ok(7)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(seen, [0, 1, 2]);
+
+        let mut calls = 0;
+        let result: Result<(), Stop<&str>> = run(&p, "test call", |_| {
+            calls += 1;
+            async { Err(Failure::Final("no")) }
+        })
+        .await;
+        assert!(matches!(result, Err(Stop::Final("no"))));
+        assert_eq!(calls, 1, "a final failure is never retried");
+
+        let started = tokio::time::Instant::now();
+        let result: Result<(), Stop<&str>> = run(&p, "test call", |_| async {
+            Err(Failure::Transient {
+                retry_after: None,
+                detail: "down".into(),
+            })
+        })
+        .await;
+        match result {
+            Err(Stop::GaveUp {
+                attempts, detail, ..
+            }) => {
+                assert!(attempts >= 4 && attempts <= p.max_attempts, "{attempts}");
+                assert_eq!(detail, "down");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() <= p.budget);
+    }
+
+    #[test]
+    fn base_from_the_environment() {
+        let none = |_: &str| None;
+        assert_eq!(RetryPolicy::from_env("X", &none).unwrap().base, DEFAULT_BASE);
+        let set = |_: &str| Some("20".to_owned());
+        assert_eq!(
+            RetryPolicy::from_env("X", &set).unwrap().base,
+            Duration::from_millis(20)
+        );
+        let bad = |_: &str| Some("fast".to_owned());
+        assert!(RetryPolicy::from_env("X", &bad).unwrap_err().contains("X"));
     }
 
     #[test]
