@@ -499,6 +499,37 @@ def test_proxy_relays_bytes_unchanged_with_keep_alive_and_chunking(
         ]
 
 
+def test_proxy_answers_expect_100_continue_itself(
+    recording_upstream: Callable[[list[bytes]], _RecordingUpstream],
+) -> None:
+    request_head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    upstream = recording_upstream([response])
+    with AwsFaultProxy(upstream.url) as proxy, socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+        client.sendall(request_head)
+        assert _recv_response(client, 25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(b"{}")
+        assert _recv_response(client, len(response)) == response
+    assert bytes(upstream.received) == request_head + b"{}"
+
+
+def test_throttle_body_is_exactly_aws_shape(kms_proxy: AwsFaultProxy) -> None:
+    kms_proxy.add_fault("ListKeys", "throttle")
+    conn = http.client.HTTPConnection("127.0.0.1", kms_proxy.port, timeout=10)
+    try:
+        conn.request("POST", "/", body=b"{}", headers={"X-Amz-Target": "TrentService.ListKeys"})
+        response = conn.getresponse()
+        assert (response.status, response.getheader("x-amzn-ErrorType")) == (400, "ThrottlingException")
+        assert response.getheader("Content-Type") == "application/x-amz-json-1.1"
+        assert response.read() == b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
+        assert response.getheader("Connection") is None  # the connection stays usable
+        conn.request("POST", "/", body=b"{}", headers={"X-Amz-Target": "TrentService.ListKeys"})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    assert kms_proxy.connections_accepted == 1
+
+
 def test_proxy_answers_like_localstack_itself(localstack: LocalStack, kms_proxy: AwsFaultProxy) -> None:
     account = fresh_account()
     request_headers = {

@@ -541,7 +541,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _send_error(self, status: int, error_type: str, message: str, keep_alive: bool) -> None:
         """An error as AWS KMS's awsJson1_1 protocol shapes it."""
-        payload = json.dumps({"__type": error_type, "message": message}).encode()
+        payload = json.dumps({"__type": error_type, "message": message}, separators=(",", ":")).encode()
         headers = [
             f"HTTP/1.1 {status} {_REASONS[status]}",
             f"x-amzn-RequestId: {uuid.uuid4()}",
