@@ -169,6 +169,7 @@ class LocalStack:
     own process group so that `stop()` can end it and anything it spawned.
     """
 
+    # Instances not yet stopped: for the log tail on test failure, and atexit.
     running: set[LocalStack] = set()
 
     def __init__(
@@ -190,12 +191,16 @@ class LocalStack:
         tmpdir = self.tmp / "tmp"
         tmpdir.mkdir(exist_ok=True)
         # Not os.environ wholesale: an AWS_* or LOCALSTACK_* variable of the
-        # caller must not change how this instance behaves.
+        # caller must not change how this instance behaves, nor the 3.11
+        # venv's Python settings leak into the 3.13 one.
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "LOCALSTACK_", "GATEWAY_", "DNS_", "PARITY_"))
-            and k not in ("SERVICES", "DEBUG", "PERSISTENCE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+            if not k.startswith(("AWS_", "LOCALSTACK_", "GATEWAY_", "DNS_", "PARITY_", "PYTHON"))
+            and k not in (
+                "SERVICES", "DEBUG", "PERSISTENCE", "VIRTUAL_ENV",
+                "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+            )
         }
         env.update({
             # The default (twisted) gateway ignores the host and binds 0.0.0.0.
