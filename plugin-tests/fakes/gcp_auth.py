@@ -42,6 +42,10 @@ CLOUDKMS_SCOPE = "https://www.googleapis.com/auth/cloudkms"
 # Self-signed JWTs name the API, with or without the trailing slash (AIP-4111).
 KMS_AUDIENCES = ("https://cloudkms.googleapis.com/", "https://cloudkms.googleapis.com")
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# google-auth signs jwt-bearer assertions for this audience whatever the key
+# file's token_uri says; on Google the two are the same URL. The fake also
+# accepts its own token_uri, its stand-in for that URL.
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 TOKEN_PATH = "/token"
 # Google requires a short-lived assertion (one hour). The Rust crate signs
 # iat = now - 10 s and exp = now + 3610 s, and real Google accepts it, so the
@@ -377,7 +381,8 @@ class GoogleAuth:
             self._on_misuse("oauth2", request, "form field assertion is missing")
             return Response(400, {"error": "invalid_request", "error_description": "Missing required parameter: assertion"})
         try:
-            email, granted = self._verify(assertion, audiences=(self.token_uri,), scopes=(), token_endpoint=True)
+            email, granted = self._verify(assertion, audiences=(GOOGLE_TOKEN_URI, self.token_uri), scopes=(),
+                                          token_endpoint=True)
         except _AssertionError as error:
             self._reject("token", error.diagnosis)
             return Response(400, {"error": error.error, "error_description": error.description})
