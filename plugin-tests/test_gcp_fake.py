@@ -26,13 +26,13 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from fakes import FakeCloudKms, GcpKmsFake, new_service_account
 from fakes.discovery import ENUM_FIELDS, PROTO_ENUMS, PROTO_PACKAGE, QUERY_MESSAGES, load
-from fakes.gcp_kms import IMPORT_METHODS, PERMISSIONS, crc32c
+from fakes.gcp_kms import PERMISSIONS, crc32c
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 INT_ENUMS = {"$alt": "json;enum-encoding=int"}
 CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
 SERVICE_ACCOUNT = new_service_account()  # one key for the run: every fake accepts it
-FAST = {"import_job_delay": 0.05, "version_delay": 0.05, "service_accounts": [SERVICE_ACCOUNT]}
+FAST: dict[str, Any] = {"import_job_delay": 0.05, "version_delay": 0.05, "service_accounts": [SERVICE_ACCOUNT]}
 
 
 # -- independent client helpers ----------------------------------------------
@@ -56,8 +56,8 @@ def sign_jwt(info: dict[str, str], claims: dict[str, Any], *, kid: str | None = 
 def rust_claims(info: dict[str, str], **overrides: Any) -> dict[str, Any]:
     """What google-cloud-auth signs: scope cloud-platform, "aud": null, iat-10 s, exp+3610 s."""
     now = int(time.time())
-    claims = {"iss": info["client_email"], "sub": info["client_email"], "scope": CLOUD_PLATFORM,
-              "aud": None, "iat": now - 10, "exp": now + 3610}
+    claims: dict[str, Any] = {"iss": info["client_email"], "sub": info["client_email"], "scope": CLOUD_PLATFORM,
+                              "aud": None, "iat": now - 10, "exp": now + 3610}
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not ...}
 
@@ -416,8 +416,8 @@ def jwt_grant(fake: GcpKmsFake, assertion: str, **form: str) -> requests.Respons
 def grant_claims(info: dict[str, str], **overrides: Any) -> dict[str, Any]:
     """What google-auth's service_account.Credentials puts in a jwt-bearer assertion."""
     now = int(time.time())
-    claims = {"iss": info["client_email"], "aud": "https://oauth2.googleapis.com/token", "scope": CLOUD_PLATFORM,
-              "iat": now, "exp": now + 3600}
+    claims: dict[str, Any] = {"iss": info["client_email"], "aud": "https://oauth2.googleapis.com/token",
+                              "scope": CLOUD_PLATFORM, "iat": now, "exp": now + 3600}
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not ...}
 
@@ -475,7 +475,7 @@ def test_google_auth_token_uri_flow(fake: GcpKmsFake, monkeypatch: pytest.Monkey
     from google.oauth2 import service_account
 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_pem_path)
-    credentials = service_account.Credentials.from_service_account_file(
+    credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
         fake.service_account_file, scopes=[CLOUD_PLATFORM])
     credentials.refresh(google.auth.transport.requests.Request())
     assert credentials.token and credentials.token.startswith("ya29.")
@@ -538,7 +538,7 @@ def test_import_unwraps_the_exact_material(fake: GcpKmsFake, kms: Kms, method: s
     assert stored.material == material and stored.origin == "imported"
     if private is not None:
         assert stored.public_key_pem == spki_pem(private)
-        assert stored.private_key().private_numbers() == private.private_numbers()  # type: ignore[union-attr]
+        assert stored.private_key().private_numbers() == private.private_numbers()
         public = kms.ok("GET", f"{version['name']}/publicKey")
         assert public["pem"] == spki_pem(private) and public["algorithm"] == algorithm
         assert int(public["pemCrc32c"]) == crc32c(public["pem"].encode())
@@ -548,7 +548,8 @@ def test_legacy_rsa_aes_wrapped_key_field(fake: GcpKmsFake, kms: Kms) -> None:
     kms.create_key()
     job = kms.create_job()
     material = os.urandom(32)
-    assert kms.imported("k", job, "GOOGLE_SYMMETRIC_ENCRYPTION", material, field="rsaAesWrappedKey")["state"] == "ENABLED"
+    version = kms.imported("k", job, "GOOGLE_SYMMETRIC_ENCRYPTION", material, field="rsaAesWrappedKey")
+    assert version["state"] == "ENABLED"
     assert fake.versions(f"{kms.ring}/cryptoKeys/k")[0].material == material
 
 
@@ -557,7 +558,9 @@ def test_public_key_as_der(kms: Kms) -> None:
     version = kms.imported("k", kms.create_job(), "EC_SIGN_P256_SHA256", pkcs8(ec_key()))
     public = kms.ok("GET", f"{version['name']}/publicKey", publicKeyFormat="DER")
     der = base64.b64decode(public["publicKey"]["data"])
-    assert serialization.load_der_public_key(der).public_numbers() == ec_key().public_key().public_numbers()
+    public_key = serialization.load_der_public_key(der)
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert public_key.public_numbers() == ec_key().public_key().public_numbers()
     assert public["publicKeyFormat"] == "DER" and "pem" not in public
     assert int(public["publicKey"]["crc32cChecksum"]) == crc32c(der)
 
@@ -680,7 +683,8 @@ def test_import_only_rules(lax_fake: GcpKmsFake, lax_kms: Kms) -> None:
     # Cloud KMS lets a key that is not import-only hold imported versions too; the
     # snapshot is how a plugin test asserts that importOnly was set.
     lax_kms.create_key("c", import_only=False)
-    assert lax_kms.imported("c", lax_kms.create_job(), "GOOGLE_SYMMETRIC_ENCRYPTION", os.urandom(32))["state"] == "ENABLED"
+    imported = lax_kms.imported("c", lax_kms.create_job(), "GOOGLE_SYMMETRIC_ENCRYPTION", os.urandom(32))
+    assert imported["state"] == "ENABLED"
     assert lax_fake.crypto_key(f"{lax_kms.ring}/cryptoKeys/c").import_only is False
     assert lax_fake.crypto_key(f"{lax_kms.ring}/cryptoKeys/b").import_only is True
 
@@ -941,7 +945,8 @@ def test_key_and_import_job_lists_page_too(kms: Kms) -> None:
 
 SPEC_VIOLATIONS: dict[str, tuple[str, str, Any, dict[str, Any]]] = {
     "unknown top-level field": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT", "rotation": "1s"}, {}),
-    "unknown nested field": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"hsm": True}}, {}),
+    "unknown nested field": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"hsm": True}},
+                             {}),
     "enum name not in the document": ("POST", "cryptoKeys", {"purpose": "SIGN"}, {}),
     "enum name in lower case": ("POST", "cryptoKeys", {"purpose": "encrypt_decrypt"}, {}),
     "enum number that does not exist": ("POST", "importJobs", {"importMethod": 7, "protectionLevel": 2},
@@ -949,7 +954,8 @@ SPEC_VIOLATIONS: dict[str, tuple[str, str, Any, dict[str, Any]]] = {
     "enum number out of range": ("POST", "cryptoKeys", {"purpose": 99}, {}),
     "enum number as a string in JSON": ("POST", "cryptoKeys", {"purpose": "1"}, {}),
     "boolean as a string": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT", "importOnly": "true"}, {}),
-    "duration without unit": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "86400"}, {}),
+    "duration without unit": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT",
+                                                     "destroyScheduledDuration": "86400"}, {}),
     "labels not a map": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT", "labels": ["a"]}, {}),
     "unknown query parameter": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT"}, {"keyId": "x"}),
     "missing cryptoKeyId": ("POST", "cryptoKeys", {"purpose": "ENCRYPT_DECRYPT"}, {"cryptoKeyId": None}),
@@ -983,7 +989,8 @@ def test_spec_violations_are_rejected_and_recorded(shared: Shared, case: str) ->
     [failure] = shared.failures
     assert failure.source in ("spec", "unsupported") and failure.service == "kms"
     after = shared.fake.snapshot()
-    assert (after.crypto_keys.keys(), after.import_jobs.keys()) == (before.crypto_keys.keys(), before.import_jobs.keys())
+    assert after.crypto_keys.keys() == before.crypto_keys.keys()
+    assert after.import_jobs.keys() == before.import_jobs.keys()
 
 
 @pytest.mark.parametrize(("method", "path"), [
@@ -1004,7 +1011,8 @@ def test_form_encoded_and_duplicate_member_bodies(lax_fake: GcpKmsFake, lax_kms:
     duplicate = lax_kms.http.post(url, params={"cryptoKeyId": "k"}, data=b'{"purpose": 1, "purpose": 5}',
                                   headers={"Content-Type": "application/json"})
     assert form.status_code == duplicate.status_code == 400
-    assert ["Content-Type" in f.message or "duplicate" in f.message for f in lax_fake.validation_failures] == [True, True]
+    messages = [f.message for f in lax_fake.validation_failures]
+    assert len(messages) == 2 and "Content-Type" in messages[0] and "duplicate" in messages[1]
 
 
 def test_unmodelled_but_valid_requests_are_marked_unsupported(lax_fake: GcpKmsFake, lax_kms: Kms) -> None:
@@ -1072,6 +1080,10 @@ def _setup_for_denials(shared: Shared) -> dict[str, Any]:
     return {"job": shared.job, "version": version, "key": f"{shared.kms.ring}/cryptoKeys/{key_id}", "id": key_id}
 
 
+def _import_new(kms: Kms, setup: dict[str, Any]) -> requests.Response:
+    return kms.import_version(setup["id"], setup["job"], "GOOGLE_SYMMETRIC_ENCRYPTION", os.urandom(32))
+
+
 DENIALS: dict[str, tuple[str, Callable[[Kms, dict[str, Any]], requests.Response], str]] = {
     "cloudkms.cryptoKeys.create": ("ring", lambda k, s: k.call("POST", f"{k.ring}/cryptoKeys", {
         "purpose": "ENCRYPT_DECRYPT"}, cryptoKeyId=s["id"] + "-new"), "ring"),
@@ -1081,16 +1093,14 @@ DENIALS: dict[str, tuple[str, Callable[[Kms, dict[str, Any]], requests.Response]
     "cloudkms.importJobs.create": ("ring", lambda k, s: k.call("POST", f"{k.ring}/importJobs", {
         "importMethod": "RSA_OAEP_3072_SHA256_AES_256", "protectionLevel": "HSM"}, importJobId=s["id"]), "ring"),
     "cloudkms.importJobs.get": ("job", lambda k, s: k.call("GET", s["job"]["name"]), "job"),
-    "cloudkms.importJobs.useToImport": ("job", lambda k, s: k.import_version(s["id"], s["job"], "GOOGLE_SYMMETRIC_ENCRYPTION",
-                                                                         os.urandom(32)), "job"),
-    "cloudkms.cryptoKeyVersions.create": ("key", lambda k, s: k.import_version(s["id"], s["job"], "GOOGLE_SYMMETRIC_ENCRYPTION",
-                                                                           os.urandom(32)), "key"),
+    "cloudkms.importJobs.useToImport": ("job", lambda k, s: _import_new(k, s), "job"),
+    "cloudkms.cryptoKeyVersions.create": ("key", lambda k, s: _import_new(k, s), "key"),
     "cloudkms.cryptoKeyVersions.list": ("key", lambda k, s: k.call("GET", f"{s['key']}/cryptoKeyVersions"), "key"),
     "cloudkms.cryptoKeyVersions.get": ("version", lambda k, s: k.call("GET", s["version"]["name"]), "version"),
     "cloudkms.cryptoKeyVersions.update": ("version", lambda k, s: k.call("PATCH", s["version"]["name"], {
         "state": "DISABLED"}, updateMask="state"), "version"),
-    "cloudkms.cryptoKeyVersions.destroy": ("version", lambda k, s: k.call("POST", f"{s['version']['name']}:destroy", {}),
-                                           "version"),
+    "cloudkms.cryptoKeyVersions.destroy": ("version", lambda k, s: k.call(
+        "POST", f"{s['version']['name']}:destroy", {}), "version"),
 }
 
 
@@ -1110,7 +1120,8 @@ def test_denied_permissions_answer_403_naming_them(shared: Shared, permission: s
     assert body["message"] == f"Permission '{permission}' denied on resource '{resource}' (or it may not exist)."
     assert body["details"][0]["metadata"] == {"permission": permission, "resource": resource}
     after = fake.snapshot()
-    assert (after.crypto_keys.keys(), after.import_jobs.keys()) == (before.crypto_keys.keys(), before.import_jobs.keys())
+    assert after.crypto_keys.keys() == before.crypto_keys.keys()
+    assert after.import_jobs.keys() == before.import_jobs.keys()
     assert [v.state for v in after.crypto_keys[setup["key"]].versions] == ["ENABLED"]
     assert shared.failures == []  # a denial is behaviour under test, not a client error
     fake.allow(permission)
@@ -1205,7 +1216,8 @@ def official(fake: GcpKmsFake, monkeypatch: pytest.MonkeyPatch) -> Any:
     from google.oauth2 import service_account
 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_pem_path)
-    credentials = service_account.Credentials.from_service_account_file(fake.service_account_file)
+    credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+        fake.service_account_file)
     return kms_v1.KeyManagementServiceClient(credentials=credentials, transport="rest",
                                              client_options=ClientOptions(api_endpoint=fake.kms_url))
 
@@ -1226,8 +1238,8 @@ def test_official_client_full_import_flow(fake: GcpKmsFake, official: Any) -> No
                        "destroy_scheduled_duration": {"seconds": 86400}}})
     assert key.import_only and key.destroy_scheduled_duration.total_seconds() == 86400
     with pytest.raises(exceptions.Conflict):  # REST errors map by HTTP status: ALREADY_EXISTS is a 409
-        official.create_crypto_key(request={"parent": ring, "crypto_key_id": "official",
-                                            "crypto_key": {"purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT}})
+        symmetric = {"purpose": kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT}
+        official.create_crypto_key(request={"parent": ring, "crypto_key_id": "official", "crypto_key": symmetric})
     job = official.create_import_job(request={"parent": ring, "import_job_id": "official", "import_job": {
         "import_method": kms_v1.ImportJob.ImportMethod.RSA_OAEP_3072_SHA1_AES_256,
         "protection_level": kms_v1.ProtectionLevel.HSM}})
@@ -1289,7 +1301,8 @@ def test_official_client_symmetric_flow_and_errors(fake: GcpKmsFake, official: A
     version = official.import_crypto_key_version(request={
         "parent": key.name, "algorithm": kms_v1.CryptoKeyVersion.CryptoKeyVersionAlgorithm.GOOGLE_SYMMETRIC_ENCRYPTION,
         "import_job": job.name, "wrapped_key": wrapped})
-    while official.get_crypto_key_version(name=version.name).state != kms_v1.CryptoKeyVersion.CryptoKeyVersionState.ENABLED:
+    enabled = kms_v1.CryptoKeyVersion.CryptoKeyVersionState.ENABLED
+    while official.get_crypto_key_version(name=version.name).state != enabled:
         time.sleep(0.02)
     updated = official.update_crypto_key_primary_version(name=key.name, crypto_key_version_id="1")
     assert updated.primary.name == version.name
@@ -1313,7 +1326,7 @@ def test_official_client_through_token_uri(fake: GcpKmsFake, monkeypatch: pytest
     from google.oauth2 import service_account
 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_pem_path)
-    credentials = service_account.Credentials.from_service_account_file(
+    credentials = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
         fake.service_account_file, scopes=[CLOUD_PLATFORM])
     transport = KeyManagementServiceRestTransport(credentials=credentials, host=fake.kms_url,
                                                   always_use_jwt_access=False)

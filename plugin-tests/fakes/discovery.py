@@ -480,9 +480,11 @@ class DiscoveryDocument:
                 if name in value:
                     echoed = value.pop(name)
                     if echoed != params.get(name):
-                        problems.append(Problem(name, f"body field {name} {echoed!r} differs from the URL's {params.get(name)!r}"))
+                        problems.append(Problem(
+                            name, f"body field {name} {echoed!r} differs from the URL's {params.get(name)!r}"))
         elif "name" in value and method.http_method == "PATCH" and value["name"] not in (None, "", params.get("name")):
-            problems.append(Problem("name", f"body name {value['name']!r} differs from the URL's {params.get('name')!r}"))
+            problems.append(Problem(
+                "name", f"body name {value['name']!r} differs from the URL's {params.get('name')!r}"))
         object_problems, normalised = self._check_object(method.request_ref, value, root, request=True)
         return problems + object_problems, normalised
 
@@ -491,7 +493,9 @@ class DiscoveryDocument:
     def _check_object(self, schema_name: str, value: Any, where: str, *, request: bool) -> tuple[list[Problem], Any]:
         schema = self.schemas[schema_name]
         if not isinstance(value, dict):
-            return [Problem(where, f"Invalid value at '{where or schema_name}' (type.googleapis.com/{PROTO_PACKAGE}.{schema_name}), {json.dumps(value)}: expected an object")], None
+            type_url = f"type.googleapis.com/{PROTO_PACKAGE}.{schema_name}"
+            message = f"Invalid value at '{where or schema_name}' ({type_url}), {json.dumps(value)}: expected an object"
+            return [Problem(where, message)], None
         properties: dict[str, Any] = schema.get("properties", {})
         problems: list[Problem] = []
         normalised: dict[str, Any] = {}
@@ -500,7 +504,8 @@ class DiscoveryDocument:
             prop = properties.get(name)
             if prop is None:
                 at = f" at '{where}'" if where else ""
-                problems.append(Problem(child, f'Invalid JSON payload received. Unknown name "{name}"{at}: Cannot find field.'))
+                problems.append(Problem(
+                    child, f'Invalid JSON payload received. Unknown name "{name}"{at}: Cannot find field.'))
                 continue
             if item is None:
                 continue  # proto3 JSON: null is the default value, i.e. unset

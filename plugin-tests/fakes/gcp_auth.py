@@ -67,10 +67,6 @@ _MISSING = (
 MisuseReporter = Callable[[str, Request, str], None]
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _b64url_decode(part: str) -> bytes:
     """JWS segments are unpadded base64url (RFC 7515 §2); anything else is malformed."""
     if "=" in part or "+" in part or "/" in part:
@@ -119,30 +115,6 @@ class ServiceAccountKey:
         path.write_text(json.dumps(self.info(token_uri), indent=2))
         path.chmod(0o600)
         return path
-
-    def sign_jwt(
-        self,
-        claims: dict[str, Any],
-        *,
-        kid: str | None = None,
-        key: rsa.RSAPrivateKey | None = None,
-        header: dict[str, Any] | None = None,
-    ) -> str:
-        """An RS256 JWS; `kid`, `key` and `header` let tests forge bad ones."""
-        head = header if header is not None else {"alg": "RS256", "typ": "JWT", "kid": kid or self.private_key_id}
-        signing_input = f"{b64url(json.dumps(head).encode())}.{b64url(json.dumps(claims).encode())}"
-        signature = (key or self.private_key).sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input}.{b64url(signature)}"
-
-    def self_signed_claims(self, *, scope: str | None = CLOUD_PLATFORM_SCOPE,
-                           aud: str | None = None, lifetime: int = 3600) -> dict[str, Any]:
-        """Claims as google-cloud-auth builds them (it sends `"aud": null` next to a scope)."""
-        now = int(time.time())
-        claims: dict[str, Any] = {"iss": self.client_email, "sub": self.client_email,
-                                  "iat": now - 10, "exp": now + lifetime + 10, "aud": aud}
-        if scope is not None:
-            claims["scope"] = scope
-        return claims
 
 
 def new_service_account(project_id: str = "keymgmt-test", name: str = "keymgmt-plugin") -> ServiceAccountKey:
@@ -292,6 +264,7 @@ class GoogleAuth:
                                       "a jwt-bearer grant needs a scope claim", "invalid_scope")
         elif aud is None and not granted & set(scopes):
             raise _AssertionError(_BAD_SIGNATURE, f"neither aud nor a scope in {list(scopes)} is claimed")
+        assert isinstance(iss, str)
         return iss, granted if scope is not None else frozenset(scopes)
 
     @staticmethod
@@ -379,7 +352,8 @@ class GoogleAuth:
         assertion = fields.get("assertion")
         if not assertion:
             self._on_misuse("oauth2", request, "form field assertion is missing")
-            return Response(400, {"error": "invalid_request", "error_description": "Missing required parameter: assertion"})
+            return Response(400, {"error": "invalid_request",
+                                  "error_description": "Missing required parameter: assertion"})
         try:
             email, granted = self._verify(assertion, audiences=(GOOGLE_TOKEN_URI, self.token_uri), scopes=(),
                                           token_endpoint=True)

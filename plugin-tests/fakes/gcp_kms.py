@@ -53,7 +53,15 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 from .azure_crypto import CURVES, KeyMaterialError, load_pkcs8
 from .azure_keyvault import ValidationFailure
 from .discovery import SPEC_PATH, DiscoveryDocument, DiscoveryViolation, Method, ValidatedRequest, decode_bytes
-from .gcp_auth import TOKEN_PATH, AuthFailure, GoogleAuth, Principal, ServiceAccountKey, new_service_account
+from .gcp_auth import (
+    TOKEN_PATH,
+    AuthFailure,
+    AuthRejection,
+    GoogleAuth,
+    Principal,
+    ServiceAccountKey,
+    new_service_account,
+)
 from .httpserver import FaultPlan, Listener, Request, RequestRecord, Response
 from .tls import FakeCA
 
@@ -426,7 +434,10 @@ class _Fault:
 
 
 class GcpFaultPlan(FaultPlan):
-    """FaultPlan's queue with Google's kinds; adds "lost": act, then drop the connection."""
+    """FaultPlan's queue with Google's kinds; adds "lost": act, then drop the connection.
+
+    A subclass (with its own queue) only so that `Listener` takes it unchanged.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -1014,7 +1025,8 @@ class _Kms:
                     self._check_labels(labels)
                 elif path in ("versionTemplate", "versionTemplate.algorithm"):
                     algorithm = template.get("algorithm", key.algorithm)
-                    self._check_algorithm(algorithm, key.purpose, key.protection, "crypto_key.version_template.algorithm")
+                    self._check_algorithm(algorithm, key.purpose, key.protection,
+                                          "crypto_key.version_template.algorithm")
                     if path == "versionTemplate" and template.get("protectionLevel", key.protection) != key.protection:
                         raise _invalid("crypto_key.version_template.protection_level is immutable")
                 elif path in ("purpose", "importOnly", "destroyScheduledDuration", "versionTemplate.protectionLevel",
@@ -1540,7 +1552,7 @@ class GcpKmsFake:
             return list(self._kms.principals)
 
     @property
-    def auth_rejections(self) -> list[Any]:
+    def auth_rejections(self) -> list[AuthRejection]:
         """Why credentials were refused (never the credentials themselves)."""
         return list(self._auth.rejections)
 
