@@ -218,10 +218,9 @@ impl KeyStore {
         let Some(entry) = self.storage.get(&format!("{KEY_PREFIX}{name}")).await? else {
             return Ok(None);
         };
-        let stored: StoredKey = serde_json::from_slice(&entry.value)
-            .map_err(|e| {
-                Error::internal(format!("key {} in storage is unreadable: {e}", quote(name)))
-            })?;
+        let stored: StoredKey = serde_json::from_slice(&entry.value).map_err(|e| {
+            Error::internal(format!("key {} in storage is unreadable: {e}", quote(name)))
+        })?;
         let key = Arc::new(
             Key::from_stored(stored)
                 .map_err(|e| Error::internal(format!("key {}: {e}", quote(name))))?,

@@ -158,12 +158,14 @@ async fn delete_provider(
     if !keys.is_empty() {
         let shown: Vec<String> = keys.iter().take(10).map(|k| quote(k)).collect();
         return Err(Error::bad_request(format!(
-            "KMS provider {} still has {} key{} distributed to it [{}{}]; remove them first",
+            "KMS provider {} still has keys distributed to it [{}{}]; remove them first",
             quote(name),
-            keys.len(),
-            if keys.len() == 1 { "" } else { "s" },
             shown.join(", "),
-            if keys.len() > shown.len() { ", ..." } else { "" }
+            if keys.len() > shown.len() {
+                format!(", and {} more", keys.len() - shown.len())
+            } else {
+                String::new()
+            }
         )));
     }
     engine.providers.delete(name).await?;

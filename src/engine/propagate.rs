@@ -78,10 +78,12 @@ impl KeyManagement {
         }
         let states = version_states(key, &record);
         if let Some(latest) = states.iter().find(|s| s.version == key.latest_version) {
-            client
-                .make_current(&target, latest)
-                .await
-                .map_err(|e| Error::from(e).context(&format!("{context} (making version {} current)", latest.version)))?;
+            client.make_current(&target, latest).await.map_err(|e| {
+                Error::from(e).context(&format!(
+                    "{context} (making version {} current)",
+                    latest.version
+                ))
+            })?;
         }
         if record.replicated {
             client
@@ -200,13 +202,20 @@ impl KeyManagement {
                     quote(provider)
                 ))
             })?;
-        if let Some(missing) = key.versions.keys().find(|v| !record.versions.contains_key(v)) {
+        if let Some(missing) = key
+            .versions
+            .keys()
+            .find(|v| !record.versions.contains_key(v))
+        {
             return Err(Error::bad_request(format!(
                 "{context}: version {missing} has not reached the provider yet; write to kms/{provider}/key/{} again to finish the distribution first",
                 key.name
             )));
         }
-        let client = self.client(provider).await.map_err(|e| e.context(&context))?;
+        let client = self
+            .client(provider)
+            .await
+            .map_err(|e| e.context(&context))?;
         // Recorded first: removal must look for replicas even if this
         // call fails half-way.
         if !record.replicated {
@@ -217,7 +226,9 @@ impl KeyManagement {
         client
             .replicate(&target, &version_states(key, &record))
             .await
-            .map_err(|e| Error::from(e).context(&format!("{context} (repeat the request to retry)")))
+            .map_err(|e| {
+                Error::from(e).context(&format!("{context} (repeat the request to retry)"))
+            })
     }
 
     /// Deletes the key from the provider, then forgets the distribution.

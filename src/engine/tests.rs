@@ -241,7 +241,7 @@ async fn providers_are_immutable_and_credentials_write_only() {
         "write",
         "kms/az",
         json!({"provider": "azurekeyvault", "key_collection": "vault1",
-               "credentials": ["client_id=a", "client_secret=s3cr3t", "tenant_id=t"]}),
+               "credentials": ["client_id=a0454cd1-e28e-405e-bc50-7477fa8a00b7", "client_secret=s3cr3t", "tenant_id=t"]}),
     )
     .await;
     let read = h.ok("read", "kms/az", Value::Null).await;
@@ -503,4 +503,261 @@ async fn a_failed_distribution_resumes_without_duplicates() {
         Outcome::Ok(_)
     ));
     h.ok("delete", "kms/az/key/k", Value::Null).await;
+}
+
+#[tokio::test]
+async fn a_distribution_refused_before_the_provider_leaves_nothing() {
+    let h = Harness::new().await;
+    h.azure_with("k", "rsa-2048").await;
+    // Refused by the provider (a missing permission), then unreachable
+    // configuration: neither leaves a record.
+    h.provider.state().fail_connect = true;
+    let (status, msg) = h
+        .status("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    assert!(
+        status == 400 && msg.contains("credentials.tenant_id"),
+        "{msg}"
+    );
+    h.provider.state().fail_connect = false;
+    h.provider.state().deny_imports = 1;
+    let (status, msg) = h
+        .status("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    assert_eq!(status, 400, "{msg}");
+    assert!(matches!(
+        h.call("read", "kms/az/key/k", Value::Null).await,
+        Outcome::NoContent
+    ));
+    assert!(matches!(
+        h.call("list", "key/k/kms/", Value::Null).await,
+        Outcome::NoContent
+    ));
+    // purpose was never fixed; the key and the provider can be deleted.
+    h.ok("write", "kms/az/key/k", json!({"purpose": "encrypt"}))
+        .await;
+    h.ok("delete", "kms/az/key/k", Value::Null).await;
+    h.ok("write", "key/k", json!({"deletion_allowed": true}))
+        .await;
+    h.ok("delete", "key/k", Value::Null).await;
+    h.ok("delete", "kms/az", Value::Null).await;
+
+    // A failure after the provider was reached keeps the record, with the
+    // started version marked, so that the repeat looks for it first.
+    h.azure_with("j", "ecdsa-p256").await;
+    h.provider.state().fail_imports = 1;
+    assert_eq!(
+        h.status("write", "kms/az/key/j", json!({"purpose": "sign"}))
+            .await
+            .0,
+        502
+    );
+    let stored = h.storage_text("distribution/az/j").await;
+    assert!(stored.contains("\"started\":[1]"), "{stored}");
+    h.ok("write", "kms/az/key/j", Value::Null).await;
+    let stored = h.storage_text("distribution/az/j").await;
+    assert!(!stored.contains("started"), "{stored}");
+}
+
+#[tokio::test]
+async fn versions_below_min_enabled_are_imported_disabled() {
+    let h = Harness::new().await;
+    h.azure_with("k", "ecdsa-p384").await;
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    h.ok("write", "key/k", json!({"min_enabled_version": 3}))
+        .await;
+    h.ok("write", "kms/az/key/k", json!({"purpose": "sign,verify"}))
+        .await;
+    let state = h.provider.state();
+    let (name, versions) = state.keys.iter().next().unwrap();
+    let enabled: Vec<bool> = versions.iter().map(|v| v.enabled).collect();
+    assert_eq!(enabled, [false, false, true]);
+    assert_eq!(state.current, [(name.clone(), 3)], "the latest is current");
+}
+
+#[tokio::test]
+async fn provider_settings_are_checked_when_written() {
+    let h = Harness::new().await;
+    let secret = "p4sted-s3cret-value";
+    let cases = [
+        (
+            json!({"provider": "azurekeyvault", "key_collection": "kv\u{1}1"}),
+            "key_collection",
+        ),
+        (
+            json!({"provider": "azurekeyvault", "key_collection": "https://kv1.vault.azure.net/#x"}),
+            "key_collection",
+        ),
+        (
+            json!({"provider": "azurekeyvault", "key_collection": "kv1", "credentials": {"environment": "Mars"}}),
+            "credentials.environment",
+        ),
+        (
+            json!({"provider": "awskms", "key_collection": "mars-north-9a"}),
+            "key_collection",
+        ),
+        (
+            json!({"provider": "awskms", "key_collection": "us-east-1", "credentials": {"endpoint": "http://kms.example.com"}}),
+            "credentials.endpoint",
+        ),
+        (
+            json!({"provider": "awskms", "key_collection": "us-east-1", "credentials": [format!("{secret}=1")]}),
+            "credentials",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, msg) = h.status("write", "kms/p", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {msg}");
+        assert!(msg.starts_with(&format!("{field}: ")), "{body}: {msg}");
+        assert!(!msg.contains(secret), "{msg}");
+        assert!(matches!(
+            h.call("read", "kms/p", Value::Null).await,
+            Outcome::NoContent
+        ));
+    }
+    // An update is checked too, and a refused one changes nothing.
+    h.ok(
+        "write",
+        "kms/p",
+        json!({"provider": "awskms", "key_collection": "eu-west-1"}),
+    )
+    .await;
+    let before = h.storage_text("kms/p").await;
+    let (status, msg) = h
+        .status(
+            "write",
+            "kms/p",
+            json!({"credentials": {"access_key": "AK", "secret_key": "with space"}}),
+        )
+        .await;
+    assert!(
+        status == 400 && msg.starts_with("credentials.secret_key"),
+        "{msg}"
+    );
+    assert!(!msg.contains("with space"), "{msg}");
+    assert_eq!(h.storage_text("kms/p").await, before);
+}
+
+#[tokio::test]
+async fn long_names_are_cut_in_messages() {
+    let h = Harness::new().await;
+    let long = "k".repeat(5000);
+    let (status, msg) = h
+        .status("write", &format!("key/{long}/rotate"), Value::Null)
+        .await;
+    assert_eq!(status, 404);
+    assert!(msg.len() < 200, "{}", msg.len());
+    h.ok(
+        "write",
+        &format!("key/{long}"),
+        json!({"type": "aes256-gcm96"}),
+    )
+    .await;
+    let (status, msg) = h
+        .status("delete", &format!("key/{long}"), Value::Null)
+        .await;
+    assert!(status == 400 && msg.len() < 200, "{}", msg.len());
+}
+
+#[tokio::test]
+async fn replication_needs_regions_and_a_replicating_provider() {
+    let h = Harness::new().await;
+    let (status, msg) = h
+        .status(
+            "write",
+            "key/m",
+            json!({"type": "aes256-gcm96", "replica_regions": "eu-west-1,Mars"}),
+        )
+        .await;
+    assert!(
+        status == 400 && msg.starts_with("replica_regions: "),
+        "{msg}"
+    );
+    assert!(matches!(
+        h.call("read", "key/m", Value::Null).await,
+        Outcome::NoContent
+    ));
+    h.ok(
+        "write",
+        "key/m",
+        json!({"type": "aes256-gcm96", "replica_regions": "eu-west-1, ap-south-1,eu-west-1"}),
+    )
+    .await;
+    let read = h.ok("read", "key/m", Value::Null).await;
+    assert_eq!(read["replica_regions"], json!(["eu-west-1", "ap-south-1"]));
+    let (status, msg) = h
+        .status("write", "key/m", json!({"replica_regions": ["us-west-2"]}))
+        .await;
+    assert!(status == 400 && msg.contains("cannot be changed"), "{msg}");
+    h.ok("write", "key/plain", json!({"type": "aes256-gcm96"}))
+        .await;
+
+    h.ok(
+        "write",
+        "kms/az",
+        json!({"provider": "azurekeyvault", "key_collection": "vault1"}),
+    )
+    .await;
+    h.ok(
+        "write",
+        "kms/aws",
+        json!({"provider": "awskms", "key_collection": "us-east-1"}),
+    )
+    .await;
+    let (status, msg) = h
+        .status("write", "kms/az/key/m/replicate", Value::Null)
+        .await;
+    assert!(
+        status == 400 && msg.contains("only supported for multi-Region providers"),
+        "{msg}"
+    );
+    h.ok(
+        "write",
+        "key/r",
+        json!({"type": "rsa-2048", "replica_regions": ["eu-west-1"]}),
+    )
+    .await;
+    let (status, msg) = h
+        .status("write", "kms/az/key/r", json!({"purpose": "sign"}))
+        .await;
+    assert!(status == 400 && msg.contains("replica_regions"), "{msg}");
+
+    let (status, msg) = h
+        .status("write", "kms/aws/key/m/replicate", Value::Null)
+        .await;
+    assert!(status == 400 && msg.contains("not distributed"), "{msg}");
+    h.ok(
+        "write",
+        "kms/aws/key/plain",
+        json!({"purpose": "encrypt,decrypt"}),
+    )
+    .await;
+    let (status, msg) = h
+        .status("write", "kms/aws/key/plain/replicate", Value::Null)
+        .await;
+    assert!(
+        status == 400 && msg.contains("does not have replica_regions"),
+        "{msg}"
+    );
+
+    h.ok(
+        "write",
+        "kms/aws/key/m",
+        json!({"purpose": "encrypt,decrypt"}),
+    )
+    .await;
+    h.ok("write", "kms/aws/key/m/replicate", Value::Null).await;
+    h.ok("write", "key/m/rotate", Value::Null).await;
+    let replicated = h.provider.state().replicated.clone();
+    assert_eq!(
+        replicated.len(),
+        2,
+        "replicate, then the rotation: {replicated:?}"
+    );
+    assert_eq!(
+        replicated[1].1,
+        [1, 2],
+        "the rotation replicates every version"
+    );
 }

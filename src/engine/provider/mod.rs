@@ -229,9 +229,9 @@ impl ProviderError {
 impl From<ProviderError> for Error {
     fn from(err: ProviderError) -> Self {
         match err {
-            ProviderError::Permission(m) | ProviderError::Rejected(m) | ProviderError::Config(m) => {
-                Error::BadRequest(m)
-            }
+            ProviderError::Permission(m)
+            | ProviderError::Rejected(m)
+            | ProviderError::Config(m) => Error::BadRequest(m),
             ProviderError::Unavailable(m) => Error::BadGateway(m),
         }
     }

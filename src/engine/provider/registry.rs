@@ -188,10 +188,7 @@ pub struct ProviderKind(&'static Descriptor);
 
 impl ProviderKind {
     pub fn parse(name: &str) -> Option<Self> {
-        PROVIDERS
-            .iter()
-            .find(|d| d.name == name)
-            .map(|d| Self(d))
+        PROVIDERS.iter().find(|d| d.name == name).map(|d| Self(d))
     }
 
     /// Like [`Self::parse`], with the error the API gives.
@@ -238,10 +235,7 @@ impl<'de> Deserialize<'de> for ProviderKind {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
         Self::parse(&name).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "provider {} is not in this build",
-                quote(&name)
-            ))
+            serde::de::Error::custom(format!("provider {} is not in this build", quote(&name)))
         })
     }
 }
@@ -305,7 +299,11 @@ pub fn support_table() -> String {
             .map(|(t, purposes)| {
                 format!(
                     "{t} ({})",
-                    purposes.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                    purposes
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
             .collect();
@@ -340,7 +338,10 @@ mod tests {
         }
         assert!(ProviderKind::parse("nope").is_none());
         let err = ProviderKind::parse_field("provider", "nope").unwrap_err();
-        assert!(err.starts_with("provider: unsupported provider \"nope\""), "{err}");
+        assert!(
+            err.starts_with("provider: unsupported provider \"nope\""),
+            "{err}"
+        );
         assert!(serde_json::from_str::<ProviderKind>("\"nope\"").is_err());
     }
 

@@ -114,7 +114,10 @@ impl ImportSession for Session {
     }
 
     async fn finish(self: Box<Self>) {
-        self.provider.state().finished.push(self.target.name.clone());
+        self.provider
+            .state()
+            .finished
+            .push(self.target.name.clone());
     }
 }
 

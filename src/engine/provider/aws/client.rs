@@ -99,10 +99,12 @@ pub fn class_of(code: &str, status: Option<u16>) -> ErrorClass {
         "ThrottlingException" | "TooManyRequestsException" | "RequestLimitExceeded" => {
             ErrorClass::Throttled
         }
-        "KMSInternalException" | "DependencyTimeoutException" | "InternalFailure"
-        | "ServiceUnavailable" | "ServiceUnavailableException" | "InternalError" => {
-            ErrorClass::Unavailable
-        }
+        "KMSInternalException"
+        | "DependencyTimeoutException"
+        | "InternalFailure"
+        | "ServiceUnavailable"
+        | "ServiceUnavailableException"
+        | "InternalError" => ErrorClass::Unavailable,
         "AccessDeniedException"
         | "UnrecognizedClientException"
         | "InvalidSignatureException"
@@ -139,9 +141,11 @@ where
                 inner.message().unwrap_or_default(),
             )
         }
-        SdkError::TimeoutError(_) => {
-            ApiError::new(ErrorClass::Network, "timeout", "no answer within the time limit")
-        }
+        SdkError::TimeoutError(_) => ApiError::new(
+            ErrorClass::Network,
+            "timeout",
+            "no answer within the time limit",
+        ),
         SdkError::DispatchFailure(failure) => {
             let detail = failure
                 .as_connector_error()
@@ -270,10 +274,7 @@ impl SdkKms {
         })
     }
 
-    fn http_client(
-        &self,
-    ) -> Result<Option<aws_sdk_kms::config::SharedHttpClient>, ProviderError>
-    {
+    fn http_client(&self) -> Result<Option<aws_sdk_kms::config::SharedHttpClient>, ProviderError> {
         let Some(path) = &self.settings.ca_file else {
             return Ok(None);
         };
@@ -385,7 +386,9 @@ impl KmsApi for SdkKms {
             .map_err(from_sdk)?;
         out.key_metadata()
             .map(|m| m.key_id().to_owned())
-            .ok_or_else(|| ApiError::new(ErrorClass::Invalid, "CreateKey", "no key metadata returned"))
+            .ok_or_else(|| {
+                ApiError::new(ErrorClass::Invalid, "CreateKey", "no key metadata returned")
+            })
     }
 
     async fn describe_key(&self, region: &str, key_id: &str) -> Result<KeyInfo, ApiError> {
@@ -398,7 +401,11 @@ impl KmsApi for SdkKms {
             .await
             .map_err(from_sdk)?;
         let meta = out.key_metadata().ok_or_else(|| {
-            ApiError::new(ErrorClass::Invalid, "DescribeKey", "no key metadata returned")
+            ApiError::new(
+                ErrorClass::Invalid,
+                "DescribeKey",
+                "no key metadata returned",
+            )
         })?;
         Ok(KeyInfo {
             key_id: meta.key_id().to_owned(),
@@ -607,15 +614,42 @@ mod tests {
 
     #[test]
     fn error_classes() {
-        assert_eq!(class_of("ThrottlingException", Some(400)), ErrorClass::Throttled);
-        assert_eq!(class_of("KMSInternalException", Some(500)), ErrorClass::Unavailable);
-        assert_eq!(class_of("DependencyTimeoutException", Some(503)), ErrorClass::Unavailable);
-        assert_eq!(class_of("AccessDeniedException", Some(400)), ErrorClass::AccessDenied);
-        assert_eq!(class_of("UnrecognizedClientException", Some(400)), ErrorClass::AccessDenied);
-        assert_eq!(class_of("NotFoundException", Some(400)), ErrorClass::NotFound);
-        assert_eq!(class_of("AlreadyExistsException", Some(400)), ErrorClass::AlreadyExists);
-        assert_eq!(class_of("KMSInvalidStateException", Some(400)), ErrorClass::InvalidState);
-        assert_eq!(class_of("ValidationException", Some(400)), ErrorClass::Invalid);
+        assert_eq!(
+            class_of("ThrottlingException", Some(400)),
+            ErrorClass::Throttled
+        );
+        assert_eq!(
+            class_of("KMSInternalException", Some(500)),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(
+            class_of("DependencyTimeoutException", Some(503)),
+            ErrorClass::Unavailable
+        );
+        assert_eq!(
+            class_of("AccessDeniedException", Some(400)),
+            ErrorClass::AccessDenied
+        );
+        assert_eq!(
+            class_of("UnrecognizedClientException", Some(400)),
+            ErrorClass::AccessDenied
+        );
+        assert_eq!(
+            class_of("NotFoundException", Some(400)),
+            ErrorClass::NotFound
+        );
+        assert_eq!(
+            class_of("AlreadyExistsException", Some(400)),
+            ErrorClass::AlreadyExists
+        );
+        assert_eq!(
+            class_of("KMSInvalidStateException", Some(400)),
+            ErrorClass::InvalidState
+        );
+        assert_eq!(
+            class_of("ValidationException", Some(400)),
+            ErrorClass::Invalid
+        );
         assert_eq!(class_of("Whatever", Some(502)), ErrorClass::Unavailable);
         assert!(ErrorClass::Network.transient() && ErrorClass::Network.ambiguous());
         assert!(!ErrorClass::AccessDenied.transient());

@@ -234,9 +234,8 @@ pub fn validate(config: &ProviderConfig) -> Result<(), ConfigError> {
         ));
     }
     if let Some(endpoint) = credential(config, "endpoint") {
-        check_endpoint_url(endpoint).map_err(|m| {
-            ConfigError::credential("endpoint", format!("{} {m}", quote(endpoint)))
-        })?;
+        check_endpoint_url(endpoint)
+            .map_err(|m| ConfigError::credential("endpoint", format!("{} {m}", quote(endpoint))))?;
     }
     Ok(())
 }
@@ -278,7 +277,15 @@ mod tests {
         ] {
             assert!(check_region(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "us-east", "US-EAST-1", "us_east_1", "useast1", "us-east-1a", "mars-1"] {
+        for bad in [
+            "",
+            "us-east",
+            "US-EAST-1",
+            "us_east_1",
+            "useast1",
+            "us-east-1a",
+            "mars-1",
+        ] {
             assert!(check_region(bad).is_err(), "{bad}");
         }
         let long = "a".repeat(1000);
@@ -291,30 +298,52 @@ mod tests {
             ("access_key", "AKIAIOSFODNN7EXAMPLE"),
             ("secret_key", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
             ("session_token", "FwoGZXIvYXdzEBYaDH+token/=="),
-            ("endpoint", "https://vpce-1.kms.us-east-1.vpce.amazonaws.com"),
+            (
+                "endpoint",
+                "https://vpce-1.kms.us-east-1.vpce.amazonaws.com",
+            ),
         ];
         assert_eq!(validate(&config("us-east-1", &good)), Ok(()));
         assert_eq!(validate(&config("us-east-1", &[])), Ok(()));
-        let local = [("access_key", "test"), ("secret_key", "test"), ("endpoint", "http://127.0.0.1:4566")];
+        let local = [
+            ("access_key", "test"),
+            ("secret_key", "test"),
+            ("endpoint", "http://127.0.0.1:4566"),
+        ];
         assert_eq!(validate(&config("us-east-1", &local)), Ok(()));
         let field = |c: ProviderConfig| validate(&c).unwrap_err().field;
         assert_eq!(field(config("Mars", &[])), "key_collection");
         assert_eq!(field(config("us-east-1\u{0}", &[])), "key_collection");
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("access_key", "AKIA EXAMPLE"), ("secret_key", "x")], "credentials.access_key"),
-            (&[("access_key", "AKIA"), ("secret_key", "x y")], "credentials.secret_key"),
+            (
+                &[("access_key", "AKIA EXAMPLE"), ("secret_key", "x")],
+                "credentials.access_key",
+            ),
+            (
+                &[("access_key", "AKIA"), ("secret_key", "x y")],
+                "credentials.secret_key",
+            ),
             (&[("access_key", "AKIA")], "credentials.secret_key"),
             (&[("secret_key", "x")], "credentials.access_key"),
             (&[("session_token", "t")], "credentials.session_token"),
-            (&[("endpoint", "http://kms.example.com")], "credentials.endpoint"),
-            (&[("endpoint", "https://kms.example.com/#x")], "credentials.endpoint"),
+            (
+                &[("endpoint", "http://kms.example.com")],
+                "credentials.endpoint",
+            ),
+            (
+                &[("endpoint", "https://kms.example.com/#x")],
+                "credentials.endpoint",
+            ),
         ];
         for (pairs, want) in cases {
             assert_eq!(field(config("us-east-1", pairs)), *want, "{pairs:?}");
         }
         let secret = "wJalr\nXUtn";
-        let err = validate(&config("us-east-1", &[("access_key", "AKIA"), ("secret_key", secret)]))
-            .unwrap_err();
+        let err = validate(&config(
+            "us-east-1",
+            &[("access_key", "AKIA"), ("secret_key", secret)],
+        ))
+        .unwrap_err();
         assert_eq!(err.field, "credentials.secret_key");
         assert!(!err.to_string().contains("wJalr"), "{err}");
     }
@@ -330,14 +359,21 @@ mod tests {
         let s = Settings::resolve(
             &config(
                 "eu-west-1",
-                &[("access_key", "AK"), ("secret_key", "SK"), ("endpoint", "http://localhost:1")],
+                &[
+                    ("access_key", "AK"),
+                    ("secret_key", "SK"),
+                    ("endpoint", "http://localhost:1"),
+                ],
             ),
             &env_of(ENV),
         )
         .unwrap();
         assert_eq!(s.region, "eu-west-1");
         let keys = s.keys.as_ref().unwrap();
-        assert_eq!((keys.access_key.as_str(), keys.secret_key.as_str()), ("AK", "SK"));
+        assert_eq!(
+            (keys.access_key.as_str(), keys.secret_key.as_str()),
+            ("AK", "SK")
+        );
         assert!(keys.session_token.is_none());
         assert_eq!(s.endpoint.as_deref(), Some("http://localhost:1"));
         assert_eq!(s.retry.base, Duration::from_millis(5));

@@ -134,7 +134,11 @@ fn check_purposes(key_type: KeyType, purposes: &[Purpose]) -> Result<(), String>
     if !usage.iter().all(|p| has(*p)) {
         return Err(format!(
             "an AWS KMS key with KeyUsage {} always allows both {} and {}: give purpose \"{},{}\"",
-            if crypt { "ENCRYPT_DECRYPT" } else { "SIGN_VERIFY" },
+            if crypt {
+                "ENCRYPT_DECRYPT"
+            } else {
+                "SIGN_VERIFY"
+            },
             usage[0],
             usage[1],
             usage[0],
@@ -214,7 +218,10 @@ pub fn wrapping_algorithm(key_type: KeyType) -> AlgorithmSpec {
 
 /// Wraps `material` for `ImportKeyMaterial` under the wrapping key AWS
 /// returned (SubjectPublicKeyInfo DER).
-pub fn wrap_material(public_key_der: &[u8], material: &KeyMaterial) -> Result<Vec<u8>, ProviderError> {
+pub fn wrap_material(
+    public_key_der: &[u8],
+    material: &KeyMaterial,
+) -> Result<Vec<u8>, ProviderError> {
     let public = rsa_public_from_spki_der(public_key_der).map_err(|e| {
         ProviderError::Rejected(format!("AWS KMS returned an unusable wrapping key: {e}"))
     })?;
@@ -223,7 +230,8 @@ pub fn wrap_material(public_key_der: &[u8], material: &KeyMaterial) -> Result<Ve
     } else {
         rsa_oaep_encrypt(&public, OaepHash::Sha256, material.as_bytes())
     };
-    wrapped.map_err(|e| ProviderError::Rejected(format!("wrapping the key for AWS KMS failed: {e}")))
+    wrapped
+        .map_err(|e| ProviderError::Rejected(format!("wrapping the key for AWS KMS failed: {e}")))
 }
 
 /// Builds the provider for a stored configuration.
@@ -328,7 +336,12 @@ impl AwsKms {
     /// Runs one action under the retry policy. `attempt` gets the number
     /// of failures so far. After retries ran out the error is
     /// [`ErrorClass::Unavailable`] and says how long it tried.
-    async fn call<T, F, Fut>(&self, action: Action, region: &str, mut attempt: F) -> Result<T, ApiError>
+    async fn call<T, F, Fut>(
+        &self,
+        action: Action,
+        region: &str,
+        mut attempt: F,
+    ) -> Result<T, ApiError>
     where
         F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -382,7 +395,9 @@ impl AwsKms {
             ErrorClass::NotFound
             | ErrorClass::AlreadyExists
             | ErrorClass::InvalidState
-            | ErrorClass::Invalid => ProviderError::Rejected(format!("AWS KMS refused {what}: {err}")),
+            | ErrorClass::Invalid => {
+                ProviderError::Rejected(format!("AWS KMS refused {what}: {err}"))
+            }
         }
     }
 
@@ -403,8 +418,27 @@ impl AwsKms {
             .await
             .map_err(|e| self.failed(Action::GetParametersForImport, region, &e))?;
         let wrapped = wrap_material(&parameters.public_key_der, material)?;
+        // After a lost answer, look before importing again: AWS takes the
+        // same material again, but LocalStack stages a repeat as a
+        // rotation and refuses the next one.
+        let maybe_imported = AtomicBool::new(false);
         self.call(Action::ImportKeyMaterial, region, |_| {
-            api.import_key_material(region, key_id, &parameters.token, wrapped.clone())
+            let (maybe_imported, wrapped, token) = (&maybe_imported, &wrapped, &parameters.token);
+            async move {
+                if maybe_imported.load(Ordering::SeqCst)
+                    && let Ok(info) = api.describe_key(region, key_id).await
+                    && info.state != KeyState::PendingImport
+                {
+                    return Ok(());
+                }
+                let result = api
+                    .import_key_material(region, key_id, token, wrapped.clone())
+                    .await;
+                if result.as_ref().is_err_and(|e| e.class.ambiguous()) {
+                    maybe_imported.store(true, Ordering::SeqCst);
+                }
+                result
+            }
         })
         .await
         .map_err(|e| self.failed(Action::ImportKeyMaterial, region, &e))
@@ -412,7 +446,9 @@ impl AwsKms {
 
     /// Brings one version's key in `region` to the wanted state: material
     /// imported and enabled, or unusable. Returns `false` when the key
-    /// does not exist there.
+    /// does not exist there. The state is read first: `EnableKey` on a key
+    /// without material must never be sent (AWS refuses it, LocalStack
+    /// would enable a key that has no material).
     async fn converge(
         &self,
         region: &str,
@@ -420,43 +456,58 @@ impl AwsKms {
     ) -> Result<bool, ProviderError> {
         let api = &self.api;
         let key_id = state.provider_id;
-        let (action, result) = if state.enabled {
-            let result = self
-                .call(Action::EnableKey, region, |_| api.enable_key(region, key_id))
-                .await;
-            (Action::EnableKey, result)
-        } else {
-            let result = self
-                .call(Action::DisableKey, region, |_| api.disable_key(region, key_id))
-                .await;
-            (Action::DisableKey, result)
+        let info = match self
+            .call(Action::DescribeKey, region, |_| {
+                api.describe_key(region, key_id)
+            })
+            .await
+        {
+            Ok(info) => info,
+            Err(e) if e.class == ErrorClass::NotFound => return Ok(false),
+            Err(e) => return Err(self.failed(Action::DescribeKey, region, &e)),
         };
-        match result {
-            Ok(()) => Ok(true),
-            Err(err) if err.class == ErrorClass::NotFound => Ok(false),
-            Err(err) if err.class == ErrorClass::InvalidState => {
-                let info = self
-                    .call(Action::DescribeKey, region, |_| api.describe_key(region, key_id))
-                    .await
-                    .map_err(|e| self.failed(Action::DescribeKey, region, &e))?;
-                match info.state {
-                    // No material: already unusable, or to be imported now.
-                    KeyState::PendingImport if state.enabled => {
-                        self.import_material(region, key_id, state.material).await?;
-                        Ok(true)
-                    }
-                    KeyState::PendingImport => Ok(true),
-                    KeyState::PendingDeletion | KeyState::PendingReplicaDeletion => {
-                        Err(ProviderError::Rejected(format!(
-                            "the KMS key {key_id} of version {} in {region} was scheduled for deletion outside Vault; cancel that with kms:CancelKeyDeletion, or remove the key from the provider and distribute it again",
-                            state.version
-                        )))
-                    }
-                    _ => Err(self.failed(action, region, &err)),
+        let toggle = |action: Action| async move {
+            let result = match action {
+                Action::EnableKey => {
+                    self.call(action, region, |_| api.enable_key(region, key_id))
+                        .await
                 }
+                _ => {
+                    self.call(action, region, |_| api.disable_key(region, key_id))
+                        .await
+                }
+            };
+            result.map_err(|e| self.failed(action, region, &e))
+        };
+        match (&info.state, state.enabled) {
+            (KeyState::PendingImport, true) => {
+                self.import_material(region, key_id, state.material).await?
             }
-            Err(err) => Err(self.failed(action, region, &err)),
+            (KeyState::PendingImport, false)
+            | (KeyState::Enabled, true)
+            | (KeyState::Disabled, false) => {}
+            (KeyState::Disabled, true) => toggle(Action::EnableKey).await?,
+            (KeyState::Enabled, false) => toggle(Action::DisableKey).await?,
+            (KeyState::PendingDeletion | KeyState::PendingReplicaDeletion, _) => {
+                return Err(ProviderError::Rejected(format!(
+                    "the KMS key {key_id} of version {} in {region} was scheduled for deletion outside Vault; cancel that with kms:CancelKeyDeletion, or remove the key from the provider and distribute it again",
+                    state.version
+                )));
+            }
+            (KeyState::Creating | KeyState::Updating, _) => {
+                return Err(ProviderError::Unavailable(format!(
+                    "the KMS key {key_id} in {region} is still being set up; repeat the request"
+                )));
+            }
+            (other, _) => {
+                return Err(ProviderError::Rejected(format!(
+                    "the KMS key {key_id} of version {} in {region} is {}",
+                    state.version,
+                    other.as_str()
+                )));
+            }
         }
+        Ok(true)
     }
 
     /// Every KMS key in `region` tagged with the distribution `id`, with
@@ -472,7 +523,9 @@ impl AwsKms {
         let mut marker: Option<String> = None;
         loop {
             let page = self
-                .call(Action::ListKeys, region, |_| api.list_keys(region, marker.clone()))
+                .call(Action::ListKeys, region, |_| {
+                    api.list_keys(region, marker.clone())
+                })
                 .await
                 .map_err(|e| self.failed(Action::ListKeys, region, &e))?;
             for key_id in page.key_ids {
@@ -489,9 +542,15 @@ impl AwsKms {
                             Ok(tags) => tags,
                             // Deleted meanwhile, or not ours to read.
                             Err(e) if e.class == ErrorClass::NotFound => Vec::new(),
-                            Err(e) => return Err(self.failed(Action::ListResourceTags, region, &e)),
+                            Err(e) => {
+                                return Err(self.failed(Action::ListResourceTags, region, &e));
+                            }
                         };
-                        let tag = |name: &str| tags.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+                        let tag = |name: &str| {
+                            tags.iter()
+                                .find(|(k, _)| k == name)
+                                .map(|(_, v)| v.as_str())
+                        };
                         let version = (tag(TAG_DISTRIBUTION_ID) == Some(id))
                             .then(|| tag(TAG_VERSION).and_then(|v| v.parse::<u32>().ok()))
                             .flatten();
@@ -525,7 +584,9 @@ impl AwsKms {
             Err(e) if e.class == ErrorClass::NotFound => Ok(()),
             Err(e) if e.class == ErrorClass::InvalidState => {
                 let info = self
-                    .call(Action::DescribeKey, region, |_| api.describe_key(region, key_id))
+                    .call(Action::DescribeKey, region, |_| {
+                        api.describe_key(region, key_id)
+                    })
                     .await;
                 match info {
                     Ok(info)
@@ -561,13 +622,18 @@ impl AwsImport<'_> {
         let provider = self.provider;
         let region = provider.region.as_str();
         let mut candidates: Vec<(String, KeyState)> = Vec::new();
-        for (key_id, tagged) in provider.tagged_keys(region, &self.target.id, &self.seen).await? {
+        for (key_id, tagged) in provider
+            .tagged_keys(region, &self.target.id, &self.seen)
+            .await?
+        {
             if tagged != version {
                 continue;
             }
             let api = &provider.api;
             match provider
-                .call(Action::DescribeKey, region, |_| api.describe_key(region, &key_id))
+                .call(Action::DescribeKey, region, |_| {
+                    api.describe_key(region, &key_id)
+                })
                 .await
             {
                 Ok(info)
@@ -630,7 +696,8 @@ impl AwsImport<'_> {
         let lookup_failed: std::sync::Mutex<Option<ProviderError>> = std::sync::Mutex::new(None);
         let result = provider
             .call(Action::CreateKey, region, |_| {
-                let (maybe_created, lookup_failed, new_key) = (&maybe_created, &lookup_failed, &new_key);
+                let (maybe_created, lookup_failed, new_key) =
+                    (&maybe_created, &lookup_failed, &new_key);
                 async move {
                     if maybe_created.load(Ordering::SeqCst) {
                         match self.adopt(version).await {
@@ -642,11 +709,14 @@ impl AwsImport<'_> {
                             }
                         }
                     }
-                    self.touched.store(true, Ordering::SeqCst);
                     match api.create_key(region, new_key).await {
-                        Ok(id) => Ok((id, false)),
+                        Ok(id) => {
+                            self.touched.store(true, Ordering::SeqCst);
+                            Ok((id, false))
+                        }
                         Err(e) => {
                             if e.class.ambiguous() {
+                                self.touched.store(true, Ordering::SeqCst);
                                 maybe_created.store(true, Ordering::SeqCst);
                             }
                             Err(e)
@@ -655,7 +725,10 @@ impl AwsImport<'_> {
                 }
             })
             .await;
-        if let Some(err) = lookup_failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(err) = lookup_failed
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+        {
             return Err(err);
         }
         result.map_err(|e| provider.failed(Action::CreateKey, region, &e))
@@ -741,7 +814,9 @@ impl KmsProvider for AwsKms {
         let api = &self.api;
         let key_id = latest.provider_id;
         match self
-            .call(Action::UpdateAlias, region, |_| api.update_alias(region, &alias, key_id))
+            .call(Action::UpdateAlias, region, |_| {
+                api.update_alias(region, &alias, key_id)
+            })
             .await
         {
             Ok(()) => return Ok(()),
@@ -749,12 +824,16 @@ impl KmsProvider for AwsKms {
             Err(e) => return Err(self.failed(Action::UpdateAlias, region, &e)),
         }
         match self
-            .call(Action::CreateAlias, region, |_| api.create_alias(region, &alias, key_id))
+            .call(Action::CreateAlias, region, |_| {
+                api.create_alias(region, &alias, key_id)
+            })
             .await
         {
             Ok(()) => Ok(()),
             Err(e) if e.class == ErrorClass::AlreadyExists => self
-                .call(Action::UpdateAlias, region, |_| api.update_alias(region, &alias, key_id))
+                .call(Action::UpdateAlias, region, |_| {
+                    api.update_alias(region, &alias, key_id)
+                })
                 .await
                 .map_err(|e| self.failed(Action::UpdateAlias, region, &e)),
             Err(e) => Err(self.failed(Action::CreateAlias, region, &e)),
@@ -819,7 +898,9 @@ impl KmsProvider for AwsKms {
         let alias = alias_name(&target.name);
         let api = &self.api;
         match self
-            .call(Action::DeleteAlias, region, |_| api.delete_alias(region, &alias))
+            .call(Action::DeleteAlias, region, |_| {
+                api.delete_alias(region, &alias)
+            })
             .await
         {
             Ok(()) => Ok(()),
@@ -864,6 +945,12 @@ impl KmsProvider for AwsKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        let double = fake::AwsDouble::default();
+        super::super::conformance::run(&double, "awskms").await;
+    }
 
     #[test]
     fn purposes_follow_key_usage() {
@@ -913,7 +1000,10 @@ mod tests {
             key_spec(KeyType::EcdsaP384, &[Sign, Verify]),
             (KeySpec::EccNistP384, KeyUsageType::SignVerify)
         );
-        assert_eq!(wrapping_algorithm(KeyType::Aes256Gcm96), AlgorithmSpec::RsaesOaepSha256);
+        assert_eq!(
+            wrapping_algorithm(KeyType::Aes256Gcm96),
+            AlgorithmSpec::RsaesOaepSha256
+        );
         for t in [KeyType::Rsa2048, KeyType::EcdsaP521] {
             assert_eq!(wrapping_algorithm(t), AlgorithmSpec::RsaAesKeyWrapSha256);
         }

@@ -22,7 +22,9 @@ use azure_security_keyvault_keys::models::{
 use bytes::Bytes;
 
 use super::super::ProviderError;
-use super::super::client::retry::{self, RetryPolicy, Stop, parse_retry_after, parse_retry_after_ms};
+use super::super::client::retry::{
+    self, RetryPolicy, Stop, parse_retry_after, parse_retry_after_ms,
+};
 use super::super::client::{bounded, error_chain, first_line};
 
 /// What a call was for: names the permission a 403 points at.
@@ -208,8 +210,11 @@ pub trait KeyVaultApi: Send + Sync {
     /// The vault host, for messages.
     fn vault(&self) -> &str;
     /// `POST /keys/{name}/create`.
-    async fn create_key(&self, name: &str, parameters: CreateKeyParameters)
-    -> Result<Key, AzureError>;
+    async fn create_key(
+        &self,
+        name: &str,
+        parameters: CreateKeyParameters,
+    ) -> Result<Key, AzureError>;
     /// `PUT /keys/{name}` with a prepared `KeyImportParameters` body.
     async fn import_key(&self, name: &str, body: Bytes) -> Result<Key, AzureError>;
     /// `GET /keys/{name}` (the latest version).
@@ -272,7 +277,12 @@ impl KeyVaultApi for SdkKeyVault {
         self.client.get_key(name, Some(options)).await?.into_model()
     }
 
-    async fn set_enabled(&self, name: &str, version: &str, enabled: bool) -> Result<(), AzureError> {
+    async fn set_enabled(
+        &self,
+        name: &str,
+        version: &str,
+        enabled: bool,
+    ) -> Result<(), AzureError> {
         let parameters = UpdateKeyPropertiesParameters {
             key_attributes: Some(KeyAttributes {
                 enabled: Some(enabled),
@@ -325,17 +335,19 @@ impl KeyVault {
         let result = retry::run(&self.policy, &label, |failures| {
             let attempt = attempt(failures);
             async move {
-                attempt.await.map_err(|err| match classify(&err, op, vault) {
-                    Failure::Transient {
-                        retry_after,
-                        detail,
-                    } => retry::Failure::Transient {
-                        retry_after,
-                        detail,
-                    },
-                    Failure::NotFound => retry::Failure::Final(Unsuccessful::NotFound),
-                    Failure::Fatal(e) => retry::Failure::Final(Unsuccessful::Failed(e)),
-                })
+                attempt
+                    .await
+                    .map_err(|err| match classify(&err, op, vault) {
+                        Failure::Transient {
+                            retry_after,
+                            detail,
+                        } => retry::Failure::Transient {
+                            retry_after,
+                            detail,
+                        },
+                        Failure::NotFound => retry::Failure::Final(Unsuccessful::NotFound),
+                        Failure::Fatal(e) => retry::Failure::Final(Unsuccessful::Failed(e)),
+                    })
             }
         })
         .await;
@@ -404,7 +416,6 @@ pub fn http_error(status: u16, headers: &[(&'static str, &str)], body: &str) -> 
         "failed",
     )
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -356,7 +356,6 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-
 /// The Key Vault base URL for a `key_collection`:
 /// - a vault name (`my-vault`) becomes `https://my-vault.<suffix>`;
 /// - a host name (`my-hsm.managedhsm.azure.net`, or a vault's full host)
@@ -667,7 +666,11 @@ mod tests {
             "a",
             "bad_name",
         ] {
-            assert_eq!(field(config(collection, &[])), "key_collection", "{collection:?}");
+            assert_eq!(
+                field(config(collection, &[])),
+                "key_collection",
+                "{collection:?}"
+            );
         }
         let mars = ("environment", "Mars");
         assert_eq!(field(config("kv1", &[mars])), "credentials.environment");

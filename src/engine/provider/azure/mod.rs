@@ -379,6 +379,20 @@ struct AzureImport<'a> {
 }
 
 impl AzureImport<'_> {
+    /// Records whether an import may have changed the target: anything
+    /// but a refusal may have (a lost answer, an outage mid-way).
+    fn note(&self, result: Result<String, ProviderError>) -> Result<String, ProviderError> {
+        if !matches!(
+            result,
+            Err(ProviderError::Permission(_)
+                | ProviderError::Rejected(_)
+                | ProviderError::Config(_))
+        ) {
+            self.touched.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
     async fn kek(&self) -> Result<Key, ProviderError> {
         let mut kek = self.kek.lock().await;
         if let Some(kek) = kek.as_ref() {
@@ -401,10 +415,7 @@ impl ImportSession for AzureImport<'_> {
         let version = request.version;
         // One GET, whether or not an earlier attempt is known to have
         // started: it is cheap, and it also covers a lost response.
-        if let Some(id) = provider
-            .existing(target, version, request.material)
-            .await?
-        {
+        if let Some(id) = provider.existing(target, version, request.material).await? {
             log::info!(
                 "azure key vault: version {version} of {} is already in {} as {id}; recording it",
                 target.name,
@@ -420,16 +431,18 @@ impl ImportSession for AzureImport<'_> {
                     request.material,
                     request.enabled,
                 )?);
-                self.touched.store(true, Ordering::SeqCst);
-                let id = provider
+                let imported = provider
                     .import_body(target, version, request.material, &body)
-                    .await?;
-                (id, std::time::Duration::ZERO)
+                    .await;
+                (self.note(imported)?, std::time::Duration::ZERO)
             }
             Protection::Hsm => {
                 let kek = self.kek().await?;
-                self.touched.store(true, Ordering::SeqCst);
-                provider.wrap_and_import(target, &request, &kek).await?
+                let imported = provider.wrap_and_import(target, &request, &kek).await;
+                match imported {
+                    Ok((id, wrap)) => (self.note(Ok(id))?, wrap),
+                    Err(e) => return self.note(Err(e)),
+                }
             }
         };
         let total = started.elapsed();
@@ -516,6 +529,15 @@ impl KmsProvider for AzureKeyVault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        for protection in [Protection::Hsm, Protection::Software] {
+            let double = fake::AzureDouble::new(protection);
+            super::super::conformance::run(&double, protection.as_str()).await;
+            assert_eq!(double.fake.live_keks(), 0, "every exchange key is deleted");
+        }
+    }
 
     #[test]
     fn key_names() {

@@ -59,8 +59,8 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// Reads a PEM file of extra CA certificates named by `variable`, checking
 /// that it holds at least one certificate. Returns the file's bytes.
 pub fn read_ca_bundle(variable: &str, path: &Path) -> Result<Vec<u8>, String> {
-    let pem = std::fs::read(path)
-        .map_err(|e| format!("reading {variable} {}: {e}", path.display()))?;
+    let pem =
+        std::fs::read(path).map_err(|e| format!("reading {variable} {}: {e}", path.display()))?;
     let text = String::from_utf8_lossy(&pem);
     if !text.contains("-----BEGIN CERTIFICATE-----") {
         return Err(format!(
@@ -85,15 +85,11 @@ pub fn is_loopback_host(host: &str) -> bool {
 /// Checks an endpoint URL given by an operator: `https://` with a host,
 /// or `http://` to a loopback host; no credentials, query or fragment.
 pub fn check_endpoint_url(value: &str) -> Result<(), String> {
-    let (scheme, rest) = value
-        .split_once("://")
-        .ok_or("must be an https:// URL")?;
+    let (scheme, rest) = value.split_once("://").ok_or("must be an https:// URL")?;
     let authority = rest.split('/').next().unwrap_or_default();
     let host = match authority.rsplit_once(':') {
         // `[::1]:8443` and `host:443`, but not a bare IPv6 address.
-        Some((host, port)) if !host.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => {
-            host
-        }
+        Some((host, port)) if !host.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => host,
         _ => authority,
     };
     if value.chars().any(char::is_control) || value.contains(char::is_whitespace) {
@@ -111,7 +107,9 @@ pub fn check_endpoint_url(value: &str) -> Result<(), String> {
     match scheme {
         "https" => Ok(()),
         "http" if is_loopback_host(host) => Ok(()),
-        "http" => Err("must use https (plain http is accepted only for 127.0.0.1 or localhost)".into()),
+        "http" => {
+            Err("must use https (plain http is accepted only for 127.0.0.1 or localhost)".into())
+        }
         _ => Err("must be an https:// URL".into()),
     }
 }

@@ -17,7 +17,6 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-
 /// Retry bounds for one logical provider call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -82,10 +81,7 @@ impl RetryPolicy {
     /// The production policy, with the base delay read from `variable` (in
     /// milliseconds) when it is set: the tests lower it so that
     /// fault-injection runs stay quick.
-    pub fn from_env(
-        variable: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    pub fn from_env(variable: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, String> {
         match env(variable) {
             None => Ok(Self::with_base(DEFAULT_BASE)),
             Some(ms) => ms
@@ -132,7 +128,11 @@ pub enum Stop<E> {
 /// `attempt` gets the number of failures so far, so that an import can
 /// check for a lost earlier success before it sends again. `label` names
 /// the provider and the call in the warning logged before each retry.
-pub async fn run<T, E, F, Fut>(policy: &RetryPolicy, label: &str, mut attempt: F) -> Result<T, Stop<E>>
+pub async fn run<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    label: &str,
+    mut attempt: F,
+) -> Result<T, Stop<E>>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, Failure<E>>>,
@@ -317,7 +317,10 @@ mod tests {
     #[test]
     fn base_from_the_environment() {
         let none = |_: &str| None;
-        assert_eq!(RetryPolicy::from_env("X", &none).unwrap().base, DEFAULT_BASE);
+        assert_eq!(
+            RetryPolicy::from_env("X", &none).unwrap().base,
+            DEFAULT_BASE
+        );
         let set = |_: &str| Some("20".to_owned());
         assert_eq!(
             RetryPolicy::from_env("X", &set).unwrap().base,

@@ -1,0 +1,357 @@
+//! The contract every provider must meet, run against each provider's
+//! test double (an in-memory cloud behind the provider's real code):
+//!
+//! - repeating the import that was started last is safe, and a lost
+//!   answer at any call of an import never leaves two versions for one
+//!   Vault version;
+//! - a version imported disabled is never usable, and enabling and
+//!   disabling work both ways;
+//! - the latest version can be made current;
+//! - removal succeeds twice, and when the key is already gone;
+//! - failures map to the right class: a denial is a 400 that created
+//!   nothing, an outage that outlives the retries a 502.
+//!
+//! A provider joins by implementing [`Double`] for its test double and
+//! calling [`run`] from a test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{ImportRequest, KmsProvider, ProviderError, Target, VersionState};
+use crate::engine::material::KeyMaterial;
+use crate::framework::Error;
+
+/// A fault the suite asks a double to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The service fails before doing anything (5xx or throttling).
+    Unavailable,
+    /// The call takes effect, and its answer is lost.
+    Lost,
+    /// The principal lacks the permission.
+    Denied,
+}
+
+/// What the double shows of one provider-side version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub provider_id: String,
+    /// The Vault version it was created for, from its tags.
+    pub vault_version: Option<u32>,
+    /// Whether applications could use it now.
+    pub usable: bool,
+    /// Whether it holds the material of that Vault version (always true
+    /// for a version that has no material yet).
+    pub material_matches: bool,
+}
+
+/// A provider over its in-memory test double.
+pub trait Double {
+    fn provider(&self) -> Arc<dyn KmsProvider>;
+    /// A target of a type the provider imports, named `name`.
+    fn target(&self, name: &str) -> Target;
+    /// The calls an import makes that create or change something: each
+    /// is tested with a lost answer.
+    fn import_sites(&self) -> &'static [&'static str];
+    /// The first call of an import that creates something.
+    fn create_site(&self) -> &'static str;
+    fn inject(&self, site: &str, fault: Fault, times: u32);
+    fn clear_faults(&self);
+    /// Every provider-side version the target has, live or not.
+    fn observe(&self, target: &Target, materials: &BTreeMap<u32, KeyMaterial>) -> Vec<Observed>;
+    /// The provider id applications get when they name the target.
+    fn current(&self, target: &Target) -> Option<String>;
+    /// Deletes the target in the provider, outside Vault.
+    fn delete_outside(&self, target: &Target);
+}
+
+fn materials(target: &Target, count: u32) -> BTreeMap<u32, KeyMaterial> {
+    (1..=count)
+        .map(|v| (v, KeyMaterial::generate(target.key_type).expect("material")))
+        .collect()
+}
+
+async fn import(
+    provider: &dyn KmsProvider,
+    target: &Target,
+    version: u32,
+    material: &KeyMaterial,
+    enabled: bool,
+    resume: bool,
+) -> Result<String, ProviderError> {
+    let session = provider.begin_import(target);
+    let result = session
+        .import(ImportRequest {
+            version,
+            material,
+            enabled,
+            resume,
+        })
+        .await;
+    session.finish().await;
+    result
+}
+
+fn states<'a>(
+    ids: &'a BTreeMap<u32, String>,
+    materials: &'a BTreeMap<u32, KeyMaterial>,
+    enabled: impl Fn(u32) -> bool,
+) -> Vec<VersionState<'a>> {
+    ids.iter()
+        .map(|(v, id)| VersionState {
+            version: *v,
+            provider_id: id,
+            enabled: enabled(*v),
+            material: &materials[v],
+        })
+        .collect()
+}
+
+fn live(observed: &[Observed]) -> Vec<&Observed> {
+    observed.iter().filter(|o| o.usable).collect()
+}
+
+/// Runs the whole contract; panics with the provider's name on a breach.
+pub async fn run(double: &dyn Double, name: &str) {
+    imports_are_safe_to_repeat(double, name).await;
+    lost_answers_never_duplicate(double, name).await;
+    outages_are_retried_then_reported(double, name).await;
+    denials_create_nothing(double, name).await;
+    enabling_and_disabling(double, name).await;
+    disabled_versions_are_never_usable(double, name).await;
+    latest_version_is_current(double, name).await;
+    removal_tolerates_repeats_and_gone_keys(double, name).await;
+}
+
+async fn imports_are_safe_to_repeat(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    let target = double.target("repeat-1700000001");
+    let m = materials(&target, 2);
+    let id1 = import(provider.as_ref(), &target, 1, &m[&1], true, false)
+        .await
+        .unwrap();
+    let id2 = import(provider.as_ref(), &target, 2, &m[&2], true, false)
+        .await
+        .unwrap();
+    assert_ne!(id1, id2, "{name}: versions have their own ids");
+    // The engine repeats only the import it started last (each version is
+    // recorded before the next starts).
+    let again = import(provider.as_ref(), &target, 2, &m[&2], true, true)
+        .await
+        .unwrap();
+    assert_eq!(again, id2, "{name}: a repeated import returns the first id");
+    let observed = double.observe(&target, &m);
+    assert_eq!(observed.len(), 2, "{name}: {observed:?}");
+    assert!(
+        observed.iter().all(|o| o.usable && o.material_matches),
+        "{name}: {observed:?}"
+    );
+}
+
+async fn lost_answers_never_duplicate(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    for (i, site) in double.import_sites().iter().enumerate() {
+        let target = double.target(&format!("lost{i}-1700000002"));
+        let m = materials(&target, 1);
+        double.inject(site, Fault::Lost, 1);
+        let first = import(provider.as_ref(), &target, 1, &m[&1], true, false).await;
+        // Within its retries the provider may already find what the lost
+        // call did; otherwise the engine repeats with `resume`.
+        let id = match first {
+            Ok(id) => id,
+            Err(_) => import(provider.as_ref(), &target, 1, &m[&1], true, true)
+                .await
+                .unwrap(),
+        };
+        double.clear_faults();
+        let observed = double.observe(&target, &m);
+        let usable = live(&observed);
+        assert_eq!(
+            usable.len(),
+            1,
+            "{name}: lost answer at {site}: {observed:?}"
+        );
+        assert_eq!(usable[0].provider_id, id, "{name}: {site}");
+        assert_eq!(usable[0].vault_version, Some(1), "{name}: {site}");
+        assert!(usable[0].material_matches, "{name}: {site}");
+    }
+}
+
+async fn outages_are_retried_then_reported(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    let site = double.create_site();
+    let target = double.target("outage-1700000003");
+    let m = materials(&target, 1);
+    double.inject(site, Fault::Unavailable, 2);
+    import(provider.as_ref(), &target, 1, &m[&1], true, false)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: two failures are retried: {e}"));
+    double.clear_faults();
+
+    let target = double.target("outage-1700000004");
+    double.inject(site, Fault::Unavailable, 1000);
+    let err = import(provider.as_ref(), &target, 1, &m[&1], true, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Unavailable(_)),
+        "{name}: {err:?}"
+    );
+    assert_eq!(Error::from(err).status(), 502, "{name}");
+    double.clear_faults();
+    import(provider.as_ref(), &target, 1, &m[&1], true, true)
+        .await
+        .unwrap();
+    let observed = double.observe(&target, &m);
+    assert_eq!(live(&observed).len(), 1, "{name}: {observed:?}");
+}
+
+async fn denials_create_nothing(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    let target = double.target("denied-1700000005");
+    let m = materials(&target, 1);
+    double.inject(double.create_site(), Fault::Denied, 1);
+    let session = provider.begin_import(&target);
+    let err = session
+        .import(ImportRequest {
+            version: 1,
+            material: &m[&1],
+            enabled: true,
+            resume: false,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        !session.touched(),
+        "{name}: a refused creation touched nothing"
+    );
+    session.finish().await;
+    double.clear_faults();
+    assert!(
+        matches!(err, ProviderError::Permission(_)),
+        "{name}: {err:?}"
+    );
+    assert_eq!(Error::from(err).status(), 400, "{name}");
+    assert!(double.observe(&target, &m).is_empty(), "{name}");
+}
+
+async fn enabling_and_disabling(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    let target = double.target("toggle-1700000006");
+    let m = materials(&target, 2);
+    let mut ids = BTreeMap::new();
+    for v in [1, 2] {
+        ids.insert(
+            v,
+            import(provider.as_ref(), &target, v, &m[&v], true, false)
+                .await
+                .unwrap(),
+        );
+    }
+    provider
+        .set_enabled(&target, &states(&ids, &m, |v| v >= 2))
+        .await
+        .unwrap();
+    let usable: Vec<String> = live(&double.observe(&target, &m))
+        .iter()
+        .map(|o| o.provider_id.clone())
+        .collect();
+    assert_eq!(usable, [ids[&2].clone()], "{name}: version 1 disabled");
+    // Repeating is harmless.
+    provider
+        .set_enabled(&target, &states(&ids, &m, |v| v >= 2))
+        .await
+        .unwrap();
+    provider
+        .set_enabled(&target, &states(&ids, &m, |_| true))
+        .await
+        .unwrap();
+    assert_eq!(
+        live(&double.observe(&target, &m)).len(),
+        2,
+        "{name}: both enabled again"
+    );
+}
+
+async fn disabled_versions_are_never_usable(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    let target = double.target("never-1700000007");
+    let m = materials(&target, 2);
+    let id1 = import(provider.as_ref(), &target, 1, &m[&1], false, false)
+        .await
+        .unwrap();
+    let id2 = import(provider.as_ref(), &target, 2, &m[&2], true, false)
+        .await
+        .unwrap();
+    let observed = double.observe(&target, &m);
+    assert_eq!(live(&observed).len(), 1, "{name}: {observed:?}");
+    assert_eq!(live(&observed)[0].provider_id, id2, "{name}");
+    let ids = BTreeMap::from([(1, id1), (2, id2)]);
+    provider
+        .set_enabled(&target, &states(&ids, &m, |_| true))
+        .await
+        .unwrap();
+    let observed = double.observe(&target, &m);
+    assert_eq!(live(&observed).len(), 2, "{name}: {observed:?}");
+    assert!(
+        observed.iter().all(|o| o.material_matches),
+        "{name}: {observed:?}"
+    );
+}
+
+async fn latest_version_is_current(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    let target = double.target("current-1700000008");
+    let m = materials(&target, 2);
+    let mut ids = BTreeMap::new();
+    for v in [1, 2] {
+        ids.insert(
+            v,
+            import(provider.as_ref(), &target, v, &m[&v], true, false)
+                .await
+                .unwrap(),
+        );
+        let states = states(&ids, &m, |_| true);
+        let latest = states.last().unwrap();
+        provider.make_current(&target, latest).await.unwrap();
+        provider.make_current(&target, latest).await.unwrap();
+        assert_eq!(
+            double.current(&target).as_ref(),
+            Some(&ids[&v]),
+            "{name}: version {v}"
+        );
+    }
+}
+
+async fn removal_tolerates_repeats_and_gone_keys(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    let target = double.target("remove-1700000009");
+    let m = materials(&target, 2);
+    let mut ids = BTreeMap::new();
+    for v in [1, 2] {
+        ids.insert(
+            v,
+            import(provider.as_ref(), &target, v, &m[&v], true, false)
+                .await
+                .unwrap(),
+        );
+    }
+    let all = states(&ids, &m, |_| true);
+    provider.remove(&target, &all, &[]).await.unwrap();
+    assert!(
+        live(&double.observe(&target, &m)).is_empty(),
+        "{name}: removed"
+    );
+    provider.remove(&target, &all, &[]).await.unwrap();
+
+    let target = double.target("gone-1700000010");
+    let id = import(provider.as_ref(), &target, 1, &m[&1], true, false)
+        .await
+        .unwrap();
+    double.delete_outside(&target);
+    let ids = BTreeMap::from([(1, id)]);
+    provider
+        .remove(&target, &states(&ids, &m, |_| true), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{name}: removing a key deleted outside Vault: {e}"));
+}
