@@ -90,9 +90,16 @@ class BaoServer:
     running: set[BaoServer] = set()
 
     def __init__(
-        self, tmp: Path, port: int | None = None, env: dict[str, str | None] | None = None
+        self,
+        tmp: Path,
+        port: int | None = None,
+        env: dict[str, str | None] | None = None,
+        raw_storage: bool = False,
     ) -> None:
-        """`env` adds variables to the server's (and so the plugin's) environment; None removes one."""
+        """`env` adds variables to the server's (and so the plugin's) environment; None removes one.
+
+        `raw_storage` enables `sys/raw`, so that a test can read what the plugin
+        stored without going through the plugin (see `stored_key`)."""
         self.tmp = Path(tmp).resolve()
         # The host refuses a plugin_directory that is a symlink.
         self.plugin_dir = self.tmp / "plugins"
@@ -104,6 +111,9 @@ class BaoServer:
         self.token = ROOT_TOKEN
         self.env = {
             **os.environ,
+            # The AWS credential chain must never try the instance metadata
+            # service: no test leaves 127.0.0.1.
+            "AWS_EC2_METADATA_DISABLED": "true",
             "VAULT_ADDR": self.addr,
             "VAULT_TOKEN": self.token,
             "BAO_ADDR": self.addr,
@@ -123,7 +133,10 @@ class BaoServer:
             else:
                 self.env[name] = value
         config = self.tmp / "extra.hcl"
-        config.write_text(f'plugin_directory = "{self.plugin_dir}"\nlog_level = "debug"\n')
+        config.write_text(
+            f'plugin_directory = "{self.plugin_dir}"\nlog_level = "debug"\n'
+            + ("raw_storage_endpoint = true\n" if raw_storage else "")
+        )
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [
@@ -233,6 +246,23 @@ def http(server: BaoServer, method: str, path: str, **kwargs: Any) -> requests.R
 def read_key(server: BaoServer, name: str, mount: str = MOUNT) -> dict[str, Any]:
     """The key's data as `vault read -format=json` shows it."""
     return json.loads(cli(server, "read", "-format=json", f"{mount}/key/{name}").stdout)["data"]
+
+
+def stored_key(server: BaoServer, name: str, mount: str = MOUNT) -> dict[str, Any]:
+    """The key record as the plugin stored it, read through `sys/raw` (the server
+    must have `raw_storage=True`): the material, independently of the plugin."""
+    mounts = http(server, "GET", "sys/mounts").json()["data"]
+    uuid_ = mounts[f"{mount}/"]["uuid"]
+    resp = http(server, "GET", f"sys/raw/logical/{uuid_}/key/{name}")
+    assert resp.status_code == 200, resp.text
+    return json.loads(resp.json()["data"]["value"])
+
+
+def stored_material(server: BaoServer, name: str, version: int, mount: str = MOUNT) -> bytes:
+    """A version's secret bytes (AES: the raw key; RSA/EC: PKCS#8 DER) from raw storage."""
+    import base64
+
+    return base64.b64decode(stored_key(server, name, mount)["versions"][str(version)]["material"])
 
 
 def install_plugin(server: BaoServer) -> None:

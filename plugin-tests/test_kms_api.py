@@ -24,14 +24,12 @@ from test_keys_api import (
 )
 
 SUPPORTED_TYPES = {
-    "azurekeyvault": ["rsa-2048", "rsa-3072", "rsa-4096"],
-    "awskms": ["aes256-gcm96"],
-    "gcpckms": ["aes256-gcm96", "rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384"],
+    "azurekeyvault": ["rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521"],
+    "awskms": ["aes256-gcm96", "rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521"],
 }
 COLLECTIONS = {
     "azurekeyvault": "keyvault-name",
     "awskms": "us-west-1",
-    "gcpckms": "projects/p/locations/global/keyRings/r",
 }
 
 
@@ -96,25 +94,29 @@ def test_documented_provider_command(server: BaoServer, name: str) -> None:
     assert_not_exposed(server, DOC_KMS_SECRETS, cli_json, raw.text, table)
 
 
-@pytest.mark.parametrize(
-    "provider,credentials",
-    [
-        ("azurekeyvault", {"tenant_id": "t", "client_id": "c", "client_secret": "s", "environment": "AzurePublicCloud"}),
-        ("awskms", {"access_key": "AKIA", "secret_key": "s", "session_token": "tok", "endpoint": "https://kms.local"}),
-        ("gcpckms", {"service_account_file": "/nonexistent/sa.json"}),
-    ],
-)
+def unique_credentials(provider: str) -> dict[str, str]:
+    """Valid credential values for `provider`, each unique so that it can be searched for."""
+    if provider == "azurekeyvault":
+        return {"tenant_id": str(uuid.uuid4()), "client_id": str(uuid.uuid4()), "client_secret": secret()}
+    return {
+        "access_key": "AKIA" + uuid.uuid4().hex[:16].upper(),
+        "secret_key": secret(),
+        "session_token": secret(),
+        "endpoint": f"https://kms-{uuid.uuid4().hex[:12]}.example",
+    }
+
+
+@pytest.mark.parametrize("provider", ["azurekeyvault", "awskms"])
 def test_credentials_as_json_object_and_as_pairs(
-    server: BaoServer, client: hvac.Client, name: str, provider: str, credentials: dict[str, str]
+    server: BaoServer, client: hvac.Client, name: str, provider: str
 ) -> None:
-    # Make every value unique so it can be searched for.
-    creds = {k: f"{v}-{secret()}" for k, v in credentials.items()}
+    creds = unique_credentials(provider)
     body = {"provider": provider, "key_collection": COLLECTIONS[provider], "credentials": creds}
     resp = http(server, "POST", f"{MOUNT}/kms/{name}-obj", json=body)
     assert resp.status_code == 204, resp.text
 
     # The docs' JSON sample: an array of "k=v" strings.
-    pairs = {k: f"{v}-{secret()}" for k, v in credentials.items()}
+    pairs = unique_credentials(provider)
     body = {
         "provider": provider,
         "key_collection": COLLECTIONS[provider],
@@ -124,7 +126,7 @@ def test_credentials_as_json_object_and_as_pairs(
     assert resp.status_code == 204, resp.text
 
     # Credentials alone can be replaced later.
-    newer = {k: f"{v}-{secret()}" for k, v in credentials.items()}
+    newer = unique_credentials(provider)
     resp = http(server, "PUT", f"{MOUNT}/kms/{name}-obj", json={"credentials": newer})
     assert resp.status_code == 204, resp.text
 
@@ -148,7 +150,7 @@ def test_provider_and_key_collection_are_immutable(server: BaoServer, name: str)
     bad = cli(server, "write", f"{MOUNT}/kms/{name}", "key_collection=other-vault", check=False)
     assert_cli_error(bad, 400, "key_collection")
     resp = http(server, "POST", f"{MOUNT}/kms/{name}",
-                json={"provider": "gcpckms", "key_collection": COLLECTIONS["gcpckms"]})
+                json={"provider": "awskms", "key_collection": COLLECTIONS["awskms"]})
     assert_http_error(resp, 400, "provider")
     assert read_provider(server, name) == before
 
@@ -187,22 +189,51 @@ def test_unknown_credential_key_is_rejected_without_echo(server: BaoServer, name
         server, "write", f"{MOUNT}/kms/{name}", "provider=awskms", "key_collection=us-west-1",
         f"credentials=secret_access_key={value}", check=False,
     )
-    assert_cli_error(bad, 400, "credentials", "secret_access_key")
+    # The unknown key is not echoed either: it may be a pasted secret.
+    stderr = assert_cli_error(bad, 400, "credentials", "1 unknown key", "access_key, secret_key")
+    assert "secret_access_key" not in stderr
     assert http(server, "GET", f"{MOUNT}/kms/{name}").status_code == 404
+
+    # `credentials=<secret>=1`: a secret pasted without its key name.
+    pasted = cli(
+        server, "write", f"{MOUNT}/kms/{name}", "provider=awskms", "key_collection=us-west-1",
+        f"credentials={value}=1", check=False,
+    )
+    assert_cli_error(pasted, 400, "credentials")
 
     resp = http(server, "POST", f"{MOUNT}/kms/{name}", json={
         "provider": "azurekeyvault", "key_collection": "kv", "credentials": {"password": value},
     })
-    assert_http_error(resp, 400, "credentials", "password")
+    assert_http_error(resp, 400, "credentials")
+    assert "password" not in resp.text
     assert http(server, "GET", f"{MOUNT}/kms/{name}").status_code == 404
 
     # The same on an update of an existing provider: refused, nothing replaced.
-    create_provider(server, name, "gcpckms", service_account_file="/etc/sa.json")
+    create_provider(server, name, "awskms", access_key="AKIAEXAMPLE", secret_key=secret())
     resp = http(server, "POST", f"{MOUNT}/kms/{name}", json={"credentials": {"private_key": value}})
-    assert_http_error(resp, 400, "credentials", "private_key")
-    assert read_provider(server, name) == {"provider": "gcpckms", "key_collection": COLLECTIONS["gcpckms"]}
+    assert_http_error(resp, 400, "credentials")
+    assert read_provider(server, name) == {"provider": "awskms", "key_collection": COLLECTIONS["awskms"]}
 
-    assert_not_exposed(server, [value], bad.stdout, bad.stderr, resp.text)
+    assert_not_exposed(server, [value], bad.stdout, bad.stderr, pasted.stderr, resp.text)
+
+
+@pytest.mark.parametrize(
+    "provider,args,field",
+    [
+        ("azurekeyvault", ["key_collection=kv\x071"], "key_collection"),
+        ("azurekeyvault", ["key_collection=https://kv1.vault.azure.net/#fragment"], "key_collection"),
+        ("azurekeyvault", ["key_collection=kv1", "credentials=environment=Mars"], "credentials.environment"),
+        ("azurekeyvault", ["key_collection=kv1", "credentials=client_id=my-app"], "credentials.client_id"),
+        ("awskms", ["key_collection=Mars"], "key_collection"),
+        ("awskms", ["key_collection=us-east-1", "credentials=endpoint=http://kms.example.com"], "credentials.endpoint"),
+    ],
+)
+def test_provider_settings_are_checked_when_written(
+    server: BaoServer, name: str, provider: str, args: list[str], field: str
+) -> None:
+    bad = cli(server, "write", f"{MOUNT}/kms/{name}", f"provider={provider}", *args, check=False)
+    assert_cli_error(bad, 400, f"{field}: ")
+    assert http(server, "GET", f"{MOUNT}/kms/{name}").status_code == 404
 
 
 def test_list_and_delete_providers(server: BaoServer, client: hvac.Client, name: str) -> None:
@@ -229,7 +260,7 @@ def test_list_and_delete_providers(server: BaoServer, client: hvac.Client, name:
 
 
 def test_credentials_never_logged(server: BaoServer, name: str) -> None:
-    values = [secret() for _ in range(4)]
+    values = [str(uuid.uuid4()), str(uuid.uuid4()), secret(), secret()]
     create_provider(server, name, "azurekeyvault", tenant_id=values[0], client_id=values[1], client_secret=values[2])
     cli(server, "write", f"{MOUNT}/kms/{name}", f"credentials=client_secret={values[3]}")
     cli(server, "write", f"{MOUNT}/kms/{name}", f"credentials=nonsense={values[3]}", check=False)
@@ -265,9 +296,6 @@ def plugin_alive(server: BaoServer) -> Iterator[None]:
     "provider,key_type,purpose",
     [
         ("azurekeyvault", "aes256-gcm96", "encrypt,decrypt"),
-        ("awskms", "rsa-2048", "encrypt,decrypt"),
-        ("awskms", "ecdsa-p256", "sign"),
-        ("gcpckms", "ecdsa-p521", "sign"),
     ],
 )
 def test_distribute_unsupported_type_is_rejected(
@@ -292,12 +320,12 @@ def test_distribute_unsupported_type_is_rejected(
     assert http(server, "GET", f"{MOUNT}/kms/{kms}").status_code == 404
 
 
-@pytest.mark.parametrize("purpose", ["decrypt,sign", "sign,decrypt", ["decrypt", "sign"]])
-def test_gcp_rsa_cannot_both_decrypt_and_sign(
+@pytest.mark.parametrize("purpose", ["decrypt,sign", "sign,encrypt", ["decrypt", "verify"]])
+def test_aws_rsa_cannot_both_decrypt_and_sign(
     server: BaoServer, plugin_alive: None, name: str, purpose: str | list[str]
 ) -> None:
-    kms = f"{name}-gcp"
-    create_provider(server, kms, "gcpckms")
+    kms = f"{name}-aws"
+    create_provider(server, kms, "awskms")
     create_key(server, name, "rsa-3072")
     resp = http(server, "POST", f"{MOUNT}/kms/{kms}/key/{name}", json={"purpose": purpose})
     assert_http_error(resp, 400, "decrypt", "sign")
@@ -309,8 +337,8 @@ def test_gcp_rsa_cannot_both_decrypt_and_sign(
     [
         ("awskms", "aes256-gcm96", "sign", "sign"),
         ("awskms", "aes256-gcm96", "encrypt,wrap", "wrap"),
-        ("gcpckms", "aes256-gcm96", "sign", "sign"),
-        ("gcpckms", "ecdsa-p256", "decrypt", "decrypt"),
+        ("awskms", "ecdsa-p256", "decrypt", "decrypt"),
+        ("azurekeyvault", "ecdsa-p384", "encrypt", "encrypt"),
     ],
 )
 def test_distribute_purpose_not_allowed_for_type(

@@ -147,10 +147,15 @@ where
             "no answer within the time limit",
         ),
         SdkError::DispatchFailure(failure) => {
-            let detail = failure
-                .as_connector_error()
+            let connector = failure.as_connector_error();
+            let detail = connector
                 .map(|c| error_chain(c))
                 .unwrap_or_else(|| "the request could not be sent".into());
+            // Not sent at all: no credentials could be found or loaded. An
+            // operator must fix that; retrying cannot.
+            if connector.is_some_and(|c| c.is_other() || c.is_user()) && detail.contains("credentials") {
+                return ApiError::new(ErrorClass::AccessDenied, "no usable credentials", &detail);
+            }
             ApiError::new(ErrorClass::Network, "connection failed", &detail)
         }
         SdkError::ResponseError(_) => ApiError::new(
