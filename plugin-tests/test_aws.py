@@ -459,8 +459,12 @@ def test_replicate_to_replica_regions(server: BaoServer, account: Account, kms_p
     assert primary["MultiRegion"] is True and primary["KeyId"].startswith("mrk-")
     for region in replicas:
         assert account.keys(region) == []
+    # A lost answer of ReplicateKey: the repeat inside the call finds the
+    # replica there (AlreadyExists) and imports into it.
+    kms_proxy.add_fault("ReplicateKey", "lost")
     out = cli(server, "write", "-f", f"{MOUNT}/kms/{kms}/key/{key}/replicate")
     assert out.stdout.startswith("Success!")
+    assert [c.fault for c in kms_proxy.calls("ReplicateKey")][:1] == ["lost"]
     # Idempotent.
     cli(server, "write", "-f", f"{MOUNT}/kms/{kms}/key/{key}/replicate")
     record = distribution(server, kms, key)

@@ -67,9 +67,20 @@ fn render(record: &Record<'_>, at: OffsetDateTime) -> String {
     Json::Object(line).to_string()
 }
 
+/// Log targets that never reach the log, at any level: the AWS SDK's
+/// request signing traces the canonical request, session token included,
+/// and its HTTP layers dump headers. They log through `tracing`, which has
+/// no subscriber here, so this is the second line of defence should a
+/// dependency ever bridge `tracing` to `log`.
+const SILENCED_TARGETS: &[&str] = &["aws_", "hyper", "h2::", "rustls", "tower", "reqwest"];
+
+fn silenced(target: &str) -> bool {
+    SILENCED_TARGETS.iter().any(|prefix| target.starts_with(prefix)) || target == "h2"
+}
+
 impl Log for HclogJson {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.level
+        metadata.level() <= self.level && !silenced(metadata.target())
     }
 
     fn log(&self, record: &Record<'_>) {
@@ -95,6 +106,30 @@ mod tests {
     fn timestamp_has_six_fractional_digits_and_zulu() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_073_000_123).unwrap();
         assert_eq!(hclog_timestamp(at), "2026-11-18T11:06:40.073000Z");
+    }
+
+    #[test]
+    fn dependencies_that_see_requests_are_silenced() {
+        let logger = HclogJson {
+            level: LevelFilter::Trace,
+        };
+        for target in [
+            "aws_sigv4::http_request::sign",
+            "aws_smithy_runtime::client::orchestrator",
+            "aws_config::imds",
+            "hyper_util::client",
+            "h2::codec",
+            "rustls::client",
+            "reqwest::connect",
+        ] {
+            let metadata = Metadata::builder().level(Level::Error).target(target).build();
+            assert!(!logger.enabled(&metadata), "{target}");
+        }
+        let ours = Metadata::builder()
+            .level(Level::Trace)
+            .target("vault_plugin_secrets_keymgmt::engine")
+            .build();
+        assert!(logger.enabled(&ours));
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub mod fake;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use aws_sdk_kms::types::{AlgorithmSpec, KeySpec, KeyState, KeyUsageType};
 use tokio::sync::Mutex;
@@ -315,6 +316,11 @@ pub struct AwsKms {
     region: String,
     retry: RetryPolicy,
     pending_window_days: i32,
+    /// Time spent waiting on AWS calls, in microseconds: the import log
+    /// line reports it, so that a benchmark can tell our share.
+    api_micros: AtomicU64,
+    /// Time spent wrapping material, in microseconds.
+    wrap_micros: AtomicU64,
 }
 
 impl AwsKms {
@@ -330,7 +336,18 @@ impl AwsKms {
             region,
             retry,
             pending_window_days,
+            api_micros: AtomicU64::new(0),
+            wrap_micros: AtomicU64::new(0),
         }
+    }
+
+    fn add(counter: &AtomicU64, since: Instant) {
+        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        counter.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn micros(counter: &AtomicU64) -> Duration {
+        Duration::from_micros(counter.load(Ordering::Relaxed))
     }
 
     /// Runs one action under the retry policy. `attempt` gets the number
@@ -350,7 +367,10 @@ impl AwsKms {
         let result = retry::run(&self.retry, &label, |failures| {
             let attempt = attempt(failures);
             async move {
-                attempt.await.map_err(|err| {
+                let started = Instant::now();
+                let result = attempt.await;
+                Self::add(&self.api_micros, started);
+                result.map_err(|err| {
                     if err.class.transient() {
                         retry::Failure::Transient {
                             retry_after: None,
@@ -417,7 +437,9 @@ impl AwsKms {
             })
             .await
             .map_err(|e| self.failed(Action::GetParametersForImport, region, &e))?;
+        let started = Instant::now();
         let wrapped = wrap_material(&parameters.public_key_der, material)?;
+        Self::add(&self.wrap_micros, started);
         // After a lost answer, look before importing again: AWS takes the
         // same material again, but LocalStack stages a repeat as a
         // rotation and refuses the next one.
@@ -749,6 +771,11 @@ impl ImportSession for AwsImport<'_> {
             )));
         }
         let version = request.version;
+        let started = Instant::now();
+        let (api_before, wrap_before) = (
+            AwsKms::micros(&provider.api_micros),
+            AwsKms::micros(&provider.wrap_micros),
+        );
         let (key_id, existed) = match request.resume {
             true => match self.adopt(version).await? {
                 Some(found) => (found, true),
@@ -771,11 +798,18 @@ impl ImportSession for AwsImport<'_> {
                 .import_material(&provider.region, &key_id, request.material)
                 .await?;
         }
+        // Imports of one provider run one at a time, so the deltas are
+        // this import's.
+        let api = AwsKms::micros(&provider.api_micros).saturating_sub(api_before);
+        let wrap = AwsKms::micros(&provider.wrap_micros).saturating_sub(wrap_before);
         log::info!(
             key = target.name.as_str(),
             version = version,
             kms_key = key_id.as_str(),
-            enabled = request.enabled;
+            enabled = request.enabled,
+            api_us = api.as_micros(),
+            wrap_us = wrap.as_micros(),
+            total_us = started.elapsed().as_micros();
             "aws kms: imported version {version} of {} into {}",
             target.name,
             provider.region
