@@ -24,9 +24,13 @@ import base64
 import datetime
 import json
 import random
+import socket
+import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from fakes.aws_fault_proxy import AwsFaultProxy
+from fakes.tls import FakeCA
 from harness import MOUNT, BaoServer, cli, http, install_plugin, kill_plugins, read_key, stored_material
 from localstack import LocalStack, assert_symmetric_material
 
@@ -525,6 +530,89 @@ def test_credentials_from_the_environment_and_their_precedence(
     assert len(map_account.usable()) == 1 and len(env_account.usable()) == 1
     for kms in ("from-env", "from-map"):
         cli(srv, "delete", f"{MOUNT}/kms/{kms}/key/{key}")
+
+
+class TlsTerminator:
+    """HTTPS on 127.0.0.1 with a certificate from a private CA, relaying bytes
+    to `upstream` (the fault proxy): an endpoint the plugin trusts only
+    through KEYMGMT_AWS_CA_FILE."""
+
+    def __init__(self, upstream_port: int, directory: Path) -> None:
+        self.ca = FakeCA("keymgmt AWS endpoint test CA")
+        self.ca_path = directory / "aws-ca.pem"
+        self.ca_path.write_bytes(self.ca.cert_pem())
+        self.context = self.ca.server_context(directory, ["localhost"], ["127.0.0.1"])
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(raw,), daemon=True).start()
+
+    def _relay(self, raw: socket.socket) -> None:
+        try:
+            client = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+        pump(client, upstream)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_extra_ca_certificates_are_trusted_through_the_setting(
+    start_server: Callable[..., BaoServer], localstack: LocalStack, kms_proxy: AwsFaultProxy,
+    tmp_path: Path, key: str,
+) -> None:
+    tls = TlsTerminator(kms_proxy.port, tmp_path)
+    try:
+        endpoint = f"https://127.0.0.1:{tls.port}"
+        account = Account(localstack)
+        untrusting = start_server()
+        cli(untrusting, "write", f"{MOUNT}/key/{key}", "type=aes256-gcm96")
+        cli(untrusting, "write", f"{MOUNT}/kms/tls", "provider=awskms", f"key_collection={REGION}",
+            f"credentials=access_key={account.access_key}", f"credentials=secret_key={account.secret_key}",
+            f"credentials=endpoint={endpoint}")
+        started = time.monotonic()
+        bad = cli(untrusting, "write", f"{MOUNT}/kms/tls/key/{key}", "purpose=encrypt,decrypt", check=False)
+        assert bad.returncode == 2 and "Code: 400" in bad.stderr and "KEYMGMT_AWS_CA_FILE" in bad.stderr, bad.stderr
+        assert time.monotonic() - started < 10, "an untrusted certificate is not retried"
+        assert http(untrusting, "GET", f"{MOUNT}/kms/tls/key/{key}").status_code == 404
+
+        trusting = start_server(KEYMGMT_AWS_CA_FILE=str(tls.ca_path))
+        cli(trusting, "write", f"{MOUNT}/key/{key}", "type=aes256-gcm96")
+        cli(trusting, "write", f"{MOUNT}/kms/tls", "provider=awskms", f"key_collection={REGION}",
+            f"credentials=access_key={account.access_key}", f"credentials=secret_key={account.secret_key}",
+            f"credentials=endpoint={endpoint}")
+        cli(trusting, "write", f"{MOUNT}/kms/tls/key/{key}", "purpose=encrypt,decrypt")
+        record = distribution(trusting, "tls", key)
+        check_material(trusting, account, key, 1, record["versions"]["1"])
+        cli(trusting, "delete", f"{MOUNT}/kms/tls/key/{key}")
+    finally:
+        tls.close()
 
 
 # -- last: nothing secret in any log ------------------------------------------------------

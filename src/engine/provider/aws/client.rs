@@ -156,6 +156,15 @@ where
             if connector.is_some_and(|c| c.is_other() || c.is_user()) && detail.contains("credentials") {
                 return ApiError::new(ErrorClass::AccessDenied, "no usable credentials", &detail);
             }
+            // An endpoint whose certificate is not trusted will not become
+            // trusted by retrying.
+            if detail.contains("certificate") || detail.contains("UnknownIssuer") {
+                return ApiError::new(
+                    ErrorClass::Invalid,
+                    "untrusted endpoint",
+                    &format!("{detail}; trust its CA with {ENV_CA_FILE}"),
+                );
+            }
             ApiError::new(ErrorClass::Network, "connection failed", &detail)
         }
         SdkError::ResponseError(_) => ApiError::new(
