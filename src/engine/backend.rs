@@ -53,7 +53,9 @@ pub struct Factory;
 impl BackendFactory for Factory {
     fn create(&self, config: BackendConfig) -> Result<Arc<dyn LogicalBackend>, String> {
         let engine = KeyManagement::new(config.storage, Arc::new(RegistryConnector))
-            .with_system(config.system);
-        Ok(Arc::new(framework_backend(engine)))
+            .with_system(config.system.clone());
+        Ok(Arc::new(
+            framework_backend(engine).with_system(config.system),
+        ))
     }
 }

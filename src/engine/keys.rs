@@ -178,44 +178,100 @@ struct StoredVersion {
     material: Zeroizing<String>,
 }
 
+/// How long a cached entry may be used on an HA standby.
+///
+/// Standbys learn of changes through `InvalidateKey` after each Raft
+/// apply, but a standby that catches up by installing a snapshot gets no
+/// invalidations at all (ha-standbys reference). Rather than keep no cache
+/// there, entries expire after this long: repeated reads stay cheap, and a
+/// missed invalidation is outlived by at most one second beyond the
+/// replication lag (50-110 ms measured). The active node writes all
+/// storage itself, so its entries never expire.
+pub const STANDBY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+struct Cached<T> {
+    value: T,
+    filled: std::time::Instant,
+}
+
+/// The caches and the generation that guards their fills.
+#[derive(Default)]
+struct Caches {
+    keys: HashMap<String, Cached<Arc<Key>>>,
+    /// The sorted key names, loaded by the first list.
+    names: Option<Cached<BTreeSet<String>>>,
+    /// Bumped by every invalidation and every write. A fill made from a
+    /// storage read is kept only if the generation is the one seen before
+    /// the read, so an invalidation always wins its race with a fill.
+    generation: u64,
+}
+
 /// Keys in storage, with a read cache. Writers must hold the key's lock
 /// (see [`super::locks::NamedLocks`]) across read-modify-write.
 ///
-/// Both caches follow Vault's model: this mount is the only writer of its
-/// storage, and changes made elsewhere (replication) arrive as
-/// `InvalidateKey`, which drops what they could have made stale.
+/// The cache follows Vault's model: this mount is the only writer of its
+/// storage, and changes made on another node arrive as `InvalidateKey`,
+/// which drops what they could have made stale. On a standby, entries
+/// also expire after [`STANDBY_CACHE_TTL`].
 pub struct KeyStore {
     storage: Arc<dyn Storage>,
-    cache: RwLock<HashMap<String, Arc<Key>>>,
-    /// The sorted key names, loaded by the first list.
-    names: RwLock<Option<BTreeSet<String>>>,
+    caches: RwLock<Caches>,
+    /// `Some` on a standby: how long entries may be used.
+    max_age: std::sync::RwLock<Option<std::time::Duration>>,
 }
 
 impl KeyStore {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Self {
             storage,
-            cache: RwLock::default(),
-            names: RwLock::default(),
+            caches: RwLock::default(),
+            max_age: std::sync::RwLock::new(None),
         }
     }
 
+    /// Sets the node's role: a standby's entries expire.
+    pub fn set_standby(&self, standby: bool) {
+        *self.max_age.write().unwrap_or_else(|p| p.into_inner()) =
+            standby.then_some(STANDBY_CACHE_TTL);
+    }
+
+    fn fresh<T>(&self, entry: &Cached<T>) -> bool {
+        let max_age = *self.max_age.read().unwrap_or_else(|p| p.into_inner());
+        max_age.is_none_or(|age| entry.filled.elapsed() < age)
+    }
+
     pub async fn get(&self, name: &str) -> Result<Option<Arc<Key>>, Error> {
-        if let Some(key) = self.cache.read().await.get(name) {
-            return Ok(Some(key.clone()));
-        }
-        // With the names loaded, a miss needs no round trip to storage:
-        // existence checks and creations are the common case.
-        if self
-            .names
-            .read()
-            .await
-            .as_ref()
-            .is_some_and(|names| !names.contains(name))
-        {
-            return Ok(None);
-        }
-        let Some(entry) = self.storage.get(&format!("{KEY_PREFIX}{name}")).await? else {
+        self.get_with(name, || async {}).await
+    }
+
+    /// [`KeyStore::get`], running `between` after the storage read and
+    /// before the fill: the seam where tests stage an invalidation's race.
+    async fn get_with<F, Fut>(&self, name: &str, between: F) -> Result<Option<Arc<Key>>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let generation = {
+            let caches = self.caches.read().await;
+            if let Some(entry) = caches.keys.get(name)
+                && self.fresh(entry)
+            {
+                return Ok(Some(entry.value.clone()));
+            }
+            // With the names loaded, a miss needs no round trip to storage:
+            // existence checks and creations are the common case.
+            if caches
+                .names
+                .as_ref()
+                .is_some_and(|names| self.fresh(names) && !names.value.contains(name))
+            {
+                return Ok(None);
+            }
+            caches.generation
+        };
+        let entry = self.storage.get(&format!("{KEY_PREFIX}{name}")).await?;
+        between().await;
+        let Some(entry) = entry else {
             return Ok(None);
         };
         let stored: StoredKey = serde_json::from_slice(&entry.value).map_err(|e| {
@@ -225,10 +281,16 @@ impl KeyStore {
             Key::from_stored(stored)
                 .map_err(|e| Error::internal(format!("key {}: {e}", quote(name))))?,
         );
-        self.cache
-            .write()
-            .await
-            .insert(name.to_owned(), key.clone());
+        let mut caches = self.caches.write().await;
+        if caches.generation == generation {
+            caches.keys.insert(
+                name.to_owned(),
+                Cached {
+                    value: key.clone(),
+                    filled: std::time::Instant::now(),
+                },
+            );
+        }
         Ok(Some(key))
     }
 
@@ -255,42 +317,63 @@ impl KeyStore {
             })
             .await?;
         let key = Arc::new(key);
-        self.cache
-            .write()
-            .await
-            .insert(key.name.clone(), key.clone());
-        if let Some(names) = self.names.write().await.as_mut() {
-            names.insert(key.name.clone());
+        let mut caches = self.caches.write().await;
+        caches.generation += 1;
+        let now = std::time::Instant::now();
+        caches.keys.insert(
+            key.name.clone(),
+            Cached {
+                value: key.clone(),
+                filled: now,
+            },
+        );
+        if let Some(names) = caches.names.as_mut() {
+            names.value.insert(key.name.clone());
         }
         Ok(key)
     }
 
     pub async fn delete(&self, name: &str) -> Result<(), Error> {
         self.storage.delete(&format!("{KEY_PREFIX}{name}")).await?;
-        self.cache.write().await.remove(name);
-        if let Some(names) = self.names.write().await.as_mut() {
-            names.remove(name);
+        let mut caches = self.caches.write().await;
+        caches.generation += 1;
+        caches.keys.remove(name);
+        if let Some(names) = caches.names.as_mut() {
+            names.value.remove(name);
         }
         Ok(())
     }
 
     /// Key names, sorted.
     pub async fn list(&self) -> Result<Vec<String>, Error> {
-        if let Some(names) = self.names.read().await.as_ref() {
-            return Ok(names.iter().cloned().collect());
-        }
-        let mut names = self.names.write().await;
+        let generation = {
+            let caches = self.caches.read().await;
+            if let Some(names) = caches.names.as_ref()
+                && self.fresh(names)
+            {
+                return Ok(names.value.iter().cloned().collect());
+            }
+            caches.generation
+        };
         let loaded: BTreeSet<String> = self.storage.list(KEY_PREFIX).await?.into_iter().collect();
         let listed = loaded.iter().cloned().collect();
-        *names = Some(loaded);
+        let mut caches = self.caches.write().await;
+        if caches.generation == generation {
+            caches.names = Some(Cached {
+                value: loaded,
+                filled: std::time::Instant::now(),
+            });
+        }
         Ok(listed)
     }
 
     /// Drops the cached copy of a storage key, if it is a key record.
     pub async fn invalidate(&self, storage_key: &str) {
         if let Some(name) = storage_key.strip_prefix(KEY_PREFIX) {
-            self.cache.write().await.remove(name);
-            *self.names.write().await = None;
+            let mut caches = self.caches.write().await;
+            caches.generation += 1;
+            caches.keys.remove(name);
+            caches.names = None;
         }
     }
 }
@@ -306,6 +389,57 @@ mod tests {
         assert_eq!(rfc3339_nano(at), "2023-07-05T12:14:52.173163449Z");
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_688_559_292_100_000_000).unwrap();
         assert_eq!(rfc3339_nano(at), "2023-07-05T12:14:52.1Z");
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_wins_its_race_with_a_fill() {
+        let storage = Arc::new(InMemoryStorage::new());
+        let store = KeyStore::new(storage.clone());
+        let old = Key::generate("k", KeyType::Aes256Gcm96).await.unwrap();
+        store.put(old.clone()).await.unwrap();
+        store.invalidate("key/k").await;
+        // Another node rewrites the key between this store's storage read
+        // and its fill, and the invalidation arrives in between.
+        let mut newer = old.clone();
+        newer.rotate().await.unwrap();
+        let writer = KeyStore::new(storage.clone());
+        let read = store
+            .get_with("k", || async {
+                writer.put(newer).await.unwrap();
+                store.invalidate("key/k").await;
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.latest_version, 1, "the read itself saw the old copy");
+        let again = store.get("k").await.unwrap().unwrap();
+        assert_eq!(again.latest_version, 2, "the stale fill was not kept");
+    }
+
+    #[tokio::test]
+    async fn standby_entries_expire() {
+        let storage = Arc::new(InMemoryStorage::new());
+        let store = KeyStore::new(storage.clone());
+        store.set_standby(true);
+        store
+            .put(Key::generate("k", KeyType::Aes256Gcm96).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(store.list().await.unwrap(), ["k"]);
+        // A change this node never hears of (a Raft snapshot install).
+        let mut changed = (*store.get("k").await.unwrap().unwrap()).clone();
+        changed.rotate().await.unwrap();
+        KeyStore::new(storage.clone()).put(changed).await.unwrap();
+        assert_eq!(store.get("k").await.unwrap().unwrap().latest_version, 1);
+        std::thread::sleep(STANDBY_CACHE_TTL);
+        assert_eq!(store.get("k").await.unwrap().unwrap().latest_version, 2);
+        // On the active node entries do not expire.
+        store.set_standby(false);
+        let mut third = (*store.get("k").await.unwrap().unwrap()).clone();
+        third.rotate().await.unwrap();
+        KeyStore::new(storage.clone()).put(third).await.unwrap();
+        std::thread::sleep(STANDBY_CACHE_TTL);
+        assert_eq!(store.get("k").await.unwrap().unwrap().latest_version, 2);
     }
 
     #[tokio::test]

@@ -82,6 +82,15 @@ impl Lifecycle for KeyManagement {
                 }
                 Err(err) => log::warn!("reading the server version: {err}"),
             }
+            // OpenBao sets a mount up again when its node is promoted or
+            // demoted, so the role read here holds for this instance's life.
+            match system.replication_state().await {
+                Ok(state) => self.keys.set_standby(state.is_standby()),
+                Err(err) => {
+                    log::warn!("reading the replication state: {err}; caching as on a standby");
+                    self.keys.set_standby(true);
+                }
+            }
         }
         if let Err(err) = self.keys.list().await {
             // Not fatal: lookups fall back to storage until a list succeeds.

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use zeroize::Zeroize;
 
-use super::error::Error;
+use super::error::{Error, READ_ONLY};
 use super::field::{FieldValue, wipe_json};
 use super::help;
 use super::operation::Operation;
 use super::path::{Path, Request, Response};
 use crate::runtime::backend::LogicalBackend;
 use crate::runtime::proto::pb;
+use crate::runtime::system_view::SystemView;
 
 /// Hooks a backend's state gets from the mount lifecycle.
 #[async_trait::async_trait]
@@ -23,6 +24,11 @@ pub trait Lifecycle: Send + Sync + 'static {
     }
     async fn cleanup(&self) {}
     async fn invalidate(&self, _key: &str) {}
+    /// The host's periodic call (every minute): called on the active node
+    /// only, so that scheduled work never runs twice in a cluster.
+    async fn periodic(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// What a backend says about itself in help and OpenAPI.
@@ -40,6 +46,8 @@ pub struct Backend<B> {
     paths: Vec<Path<B>>,
     info: BackendInfo,
     special_paths: pb::Paths,
+    /// The host's view, for the node's replication state.
+    system: Option<Arc<dyn SystemView>>,
 }
 
 // ProtoError err_type values the host understands.
@@ -81,6 +89,7 @@ fn error_reply(err: Error) -> pb::HandleRequestReply {
         Error::UnsupportedOperation => proto_error(ERR_UNSUPPORTED_OPERATION, String::new(), 0),
         Error::UnsupportedPath => proto_error(ERR_UNSUPPORTED_PATH, String::new(), 0),
         Error::Internal(message) => proto_error(ERR_INTERNAL, message, 0),
+        Error::ReadOnly => proto_error(ERR_INTERNAL, Error::ReadOnly.to_string(), 0),
     };
     pb::HandleRequestReply {
         response: None,
@@ -108,6 +117,22 @@ fn parse_body(data: &mut String) -> Result<Map<String, Value>, Error> {
 }
 
 impl<B: Lifecycle> Backend<B> {
+    /// The host's periodic call: the state's periodic work, on the active
+    /// node only. Replies as Vault's framework does when there is nothing
+    /// to roll back.
+    async fn periodic(&self) -> pb::HandleRequestReply {
+        if self.is_standby().await {
+            return error_reply(Error::UnsupportedOperation);
+        }
+        match self.state.periodic().await {
+            Ok(()) => error_reply(Error::UnsupportedOperation),
+            Err(err) => {
+                log::error!("periodic work failed: {err}");
+                error_reply(err)
+            }
+        }
+    }
+
     pub fn new(
         state: Arc<B>,
         paths: Vec<Path<B>>,
@@ -119,6 +144,30 @@ impl<B: Lifecycle> Backend<B> {
             paths,
             info,
             special_paths,
+            system: None,
+        }
+    }
+
+    /// The same backend, asking `system` whether the node is a standby.
+    pub fn with_system(mut self, system: Arc<dyn SystemView>) -> Self {
+        self.system = Some(system);
+        self
+    }
+
+    /// Whether this node is an HA standby, asked when a write arrives: the
+    /// state changes on promotion and demotion. If the host cannot say,
+    /// the request runs, and a storage write on a standby would still be
+    /// refused and forwarded.
+    async fn is_standby(&self) -> bool {
+        let Some(system) = &self.system else {
+            return false;
+        };
+        match system.replication_state().await {
+            Ok(state) => state.is_standby(),
+            Err(err) => {
+                log::warn!("reading the replication state: {err}");
+                false
+            }
         }
     }
 
@@ -234,8 +283,7 @@ impl<B: Lifecycle> Backend<B> {
             // without side effects.
             Operation::ResolvePath => return pb::HandleRequestReply::default(),
             Operation::Help => return self.help_reply(&request),
-            // Nothing to roll back; the host ignores exactly this error.
-            Operation::Rollback => return error_reply(Error::UnsupportedOperation),
+            Operation::Rollback => return self.periodic().await,
             _ => {}
         }
         let Some((path, captures)) = self.route(&request.path) else {
@@ -244,6 +292,12 @@ impl<B: Lifecycle> Backend<B> {
         let Some(op) = path.handler_for(operation) else {
             return error_reply(Error::UnsupportedOperation);
         };
+        // Before anything else, not even a storage read: the host runs the
+        // request again on the active node.
+        if op.writes && self.is_standby().await {
+            log::debug!(path = request.path.as_str(), operation = operation.as_str(); "forwarding a write from this standby to the active node");
+            return error_reply(Error::ReadOnly);
+        }
         let (req, mut warnings) = match self.build_request(path, captures, operation, &mut request)
         {
             Ok(built) => built,
@@ -262,7 +316,13 @@ impl<B: Lifecycle> Backend<B> {
             Ok(None) => pb::HandleRequestReply::default(),
             Err(err) => {
                 if let Error::Internal(message) = &err {
-                    log::error!(path = request.path.as_str(), operation = operation.as_str(); "request failed: {message}");
+                    // A standby's storage refusing a write is forwarded by
+                    // the host: routine, not an error.
+                    if message.contains(READ_ONLY) {
+                        log::debug!(path = request.path.as_str(), operation = operation.as_str(); "forwarding: {message}");
+                    } else {
+                        log::error!(path = request.path.as_str(), operation = operation.as_str(); "request failed: {message}");
+                    }
                 }
                 error_reply(err)
             }
@@ -284,6 +344,11 @@ impl<B: Lifecycle> LogicalBackend for Backend<B> {
         let Some(check) = &path.existence_check else {
             return pb::HandleExistenceCheckReply::default();
         };
+        // Existence checks precede writes; a standby forwards the write and
+        // reads nothing for it.
+        if self.is_standby().await {
+            return pb::HandleExistenceCheckReply::default();
+        }
         // Bad input is reported by the write itself, with the field named.
         let Ok((req, _)) = self.build_request(path, captures, operation, &mut request) else {
             return pb::HandleExistenceCheckReply::default();
@@ -467,6 +532,124 @@ mod tests {
                 .err_type,
             5
         );
+    }
+
+    struct Node(std::sync::atomic::AtomicU32);
+
+    #[async_trait::async_trait]
+    impl SystemView for Node {
+        async fn server_version(
+            &self,
+        ) -> Result<String, crate::runtime::system_view::SystemViewError> {
+            Ok("2.7.2".into())
+        }
+        async fn replication_state(
+            &self,
+        ) -> Result<
+            crate::runtime::system_view::ReplicationState,
+            crate::runtime::system_view::SystemViewError,
+        > {
+            Ok(crate::runtime::system_view::ReplicationState(
+                self.0.load(std::sync::atomic::Ordering::SeqCst),
+            ))
+        }
+    }
+
+    /// Counts handler runs and periodic calls.
+    #[derive(Default)]
+    struct Counting {
+        handled: std::sync::atomic::AtomicU32,
+        periodic: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Lifecycle for Counting {
+        async fn periodic(&self) -> Result<(), Error> {
+            self.periodic
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn standbys_forward_writes_before_any_work_and_skip_periodic_work() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let count = |b: Arc<Counting>, _req: Request| async move {
+            b.handled.fetch_add(1, SeqCst);
+            Ok(None)
+        };
+        let path = Path::new("thing/{name}")
+            .field(Field::new("name", FieldType::Name, "Name"))
+            .existence_check(crate::framework::path::existence(
+                |b: Arc<Counting>, _req: Request| async move {
+                    b.handled.fetch_add(100, SeqCst);
+                    Ok(false)
+                },
+            ))
+            .operation(Operation::Create, "c", "c", handler(count))
+            .operation(Operation::Update, "u", "u", handler(count))
+            .operation(Operation::Delete, "d", "d", handler(count))
+            .operation(Operation::Read, "r", "r", handler(count));
+        let state = Arc::new(Counting::default());
+        let node = Arc::new(Node(std::sync::atomic::AtomicU32::new(24576)));
+        let info = BackendInfo {
+            title: "t",
+            help: "h",
+        };
+        let b = Backend::new(state.clone(), vec![path], info, pb::Paths::default())
+            .with_system(node.clone());
+        for op in ["create", "update", "delete"] {
+            let err = b
+                .handle_request(request(op, "thing/a", r#"{"x":1}"#))
+                .await
+                .err
+                .unwrap();
+            assert_eq!(err.err_type, ERR_INTERNAL, "{op}");
+            assert!(err.err_msg.contains(READ_ONLY), "{}", err.err_msg);
+        }
+        let check = b.existence_check(request("update", "thing/a", "")).await;
+        assert!(
+            !check.check_found,
+            "a standby answers existence checks without reading"
+        );
+        assert_eq!(state.handled.load(SeqCst), 0, "nothing ran on the standby");
+        assert!(
+            b.handle_request(request("read", "thing/a", ""))
+                .await
+                .err
+                .is_none()
+        );
+        assert_eq!(state.handled.load(SeqCst), 1, "reads run locally");
+        assert_eq!(
+            b.handle_request(request("rollback", "", ""))
+                .await
+                .err
+                .unwrap()
+                .err_type,
+            5
+        );
+        assert_eq!(
+            state.periodic.load(SeqCst),
+            0,
+            "no periodic work on a standby"
+        );
+
+        // Promoted: everything runs here.
+        node.0.store(8224, SeqCst);
+        assert!(
+            b.handle_request(request("update", "thing/a", ""))
+                .await
+                .err
+                .is_none()
+        );
+        assert!(
+            b.existence_check(request("update", "thing/a", ""))
+                .await
+                .check_found
+        );
+        assert_eq!(state.handled.load(SeqCst), 102);
+        b.handle_request(request("rollback", "", "")).await;
+        assert_eq!(state.periodic.load(SeqCst), 1);
     }
 
     #[tokio::test]

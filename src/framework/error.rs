@@ -26,7 +26,16 @@ pub enum Error {
     /// or failed; repeating the request may succeed.
     #[error("{0}")]
     BadGateway(String),
+    /// This node is an HA standby and the request writes: the host
+    /// forwards it to the active node when the error carries
+    /// [`READ_ONLY`], so the user never sees it.
+    #[error("{READ_ONLY}: this node is a standby; the request is forwarded to the active node")]
+    ReadOnly,
 }
+
+/// The text the host looks for (`logical.ShouldForward`) to forward a
+/// request from a standby to the active node.
+pub const READ_ONLY: &str = "cannot write to readonly storage";
 
 impl Error {
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -47,7 +56,7 @@ impl Error {
             Self::BadRequest(_) => 400,
             Self::NotFound(_) | Self::UnsupportedPath => 404,
             Self::UnsupportedOperation => 405,
-            Self::Internal(_) => 500,
+            Self::Internal(_) | Self::ReadOnly => 500,
             Self::BadGateway(_) => 502,
         }
     }

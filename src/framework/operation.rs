@@ -34,6 +34,11 @@ impl Operation {
         }
     }
 
+    /// Whether requests with this operation may write storage.
+    pub fn writes(self) -> bool {
+        matches!(self, Self::Create | Self::Update | Self::Delete)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Create => "create",

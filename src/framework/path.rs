@@ -41,6 +41,10 @@ where
 /// One operation a path supports.
 pub struct OperationHandler<B> {
     pub operation: Operation,
+    /// Whether it writes storage: on an HA standby it is then forwarded to
+    /// the active node before any work. Derived from the operation, so that
+    /// no path can forget it.
+    pub writes: bool,
     pub handler: Handler<B>,
     /// The OpenAPI operationId, as Vault Enterprise names it.
     pub operation_id: &'static str,
@@ -108,6 +112,7 @@ impl<B> Path<B> {
     ) -> Self {
         self.operations.push(OperationHandler {
             operation,
+            writes: operation.writes(),
             handler,
             operation_id,
             summary,

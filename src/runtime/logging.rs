@@ -75,7 +75,10 @@ fn render(record: &Record<'_>, at: OffsetDateTime) -> String {
 const SILENCED_TARGETS: &[&str] = &["aws_", "hyper", "h2::", "rustls", "tower", "reqwest"];
 
 fn silenced(target: &str) -> bool {
-    SILENCED_TARGETS.iter().any(|prefix| target.starts_with(prefix)) || target == "h2"
+    SILENCED_TARGETS
+        .iter()
+        .any(|prefix| target.starts_with(prefix))
+        || target == "h2"
 }
 
 impl Log for HclogJson {
@@ -122,7 +125,10 @@ mod tests {
             "rustls::client",
             "reqwest::connect",
         ] {
-            let metadata = Metadata::builder().level(Level::Error).target(target).build();
+            let metadata = Metadata::builder()
+                .level(Level::Error)
+                .target(target)
+                .build();
             assert!(!logger.enabled(&metadata), "{target}");
         }
         let ours = Metadata::builder()

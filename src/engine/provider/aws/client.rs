@@ -153,7 +153,9 @@ where
                 .unwrap_or_else(|| "the request could not be sent".into());
             // Not sent at all: no credentials could be found or loaded. An
             // operator must fix that; retrying cannot.
-            if connector.is_some_and(|c| c.is_other() || c.is_user()) && detail.contains("credentials") {
+            if connector.is_some_and(|c| c.is_other() || c.is_user())
+                && detail.contains("credentials")
+            {
                 return ApiError::new(ErrorClass::AccessDenied, "no usable credentials", &detail);
             }
             // An endpoint whose certificate is not trusted will not become
