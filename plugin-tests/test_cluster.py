@@ -132,13 +132,13 @@ def test_keymgmt_key_written_on_active_reads_on_every_standby(cluster: BaoCluste
     assert name in listed
 
 
-@pytest.mark.xfail(strict=True, reason="plugin does not forward writes before work yet (issue 8)")
 def test_standby_write_sequences_succeed(cluster: BaoCluster) -> None:
     # Each request depends on the one before it; all go to the same standby
-    # back to back. The host forwards only on the read-only storage error, so a
-    # plugin that does its work (and reads its storage) on the standby first sees
-    # the standby's lagging copy: the rotate finds no key (404), the
-    # min_enabled_version check sees latest_version 1 (400).
+    # back to back. The host forwards only on the read-only storage error; a
+    # plugin that did its work (and read its storage) on the standby first would
+    # see the standby's lagging copy: the rotate would find no key (404), the
+    # min_enabled_version check latest_version 1 (400). This one forwards
+    # every write before doing anything.
     standby = cluster.standbys()[0]
     failures = []
     for attempt in range(10):
