@@ -265,9 +265,17 @@ def stored_material(server: BaoServer, name: str, version: int, mount: str = MOU
     return base64.b64decode(stored_key(server, name, mount)["versions"][str(version)]["material"])
 
 
-def install_plugin(server: BaoServer) -> None:
-    """Copy, register and mount the plugin at keymgmt/, as the docs tell a user to."""
-    binary = require_plugin_binary()
+FAILPOINTS_BINARY = ROOT / "target" / "release" / "failpoints" / PLUGIN_NAME
+
+
+def install_plugin(server: BaoServer, binary: Path | None = None) -> None:
+    """Copy, register and mount the plugin at keymgmt/, as the docs tell a user to.
+
+    `binary` replaces the release build, e.g. with FAILPOINTS_BINARY (built by
+    scripts/test with the `failpoints` feature)."""
+    if binary is not None and not binary.is_file():
+        raise FileNotFoundError(f"{binary} is missing; scripts/test builds it")
+    binary = binary or require_plugin_binary()
     target = server.plugin_dir / PLUGIN_NAME
     shutil.copy2(binary, target)
     sha256 = hashlib.sha256(target.read_bytes()).hexdigest()

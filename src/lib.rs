@@ -11,5 +11,6 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod failpoints;
 pub mod framework;
 pub mod runtime;

@@ -102,7 +102,9 @@ impl Storage for GrpcStorage {
         if let Some(e) = message.entry.as_mut() {
             zeroize::Zeroize::zeroize(&mut e.value);
         }
-        host_error(result?.into_inner().err)
+        let result = host_error(result?.into_inner().err);
+        crate::failpoints::hit(crate::failpoints::Site::StorageWrite);
+        result
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -114,7 +116,9 @@ impl Storage for GrpcStorage {
             })
             .await?
             .into_inner();
-        host_error(reply.err)
+        let result = host_error(reply.err);
+        crate::failpoints::hit(crate::failpoints::Site::StorageWrite);
+        result
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

@@ -370,6 +370,7 @@ impl AwsKms {
                 let started = Instant::now();
                 let result = attempt.await;
                 Self::add(&self.api_micros, started);
+                crate::failpoints::hit(crate::failpoints::Site::ProviderCall);
                 result.map_err(|err| {
                     if err.class.transient() {
                         retry::Failure::Transient {

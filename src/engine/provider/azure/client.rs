@@ -335,19 +335,19 @@ impl KeyVault {
         let result = retry::run(&self.policy, &label, |failures| {
             let attempt = attempt(failures);
             async move {
-                attempt
-                    .await
-                    .map_err(|err| match classify(&err, op, vault) {
-                        Failure::Transient {
-                            retry_after,
-                            detail,
-                        } => retry::Failure::Transient {
-                            retry_after,
-                            detail,
-                        },
-                        Failure::NotFound => retry::Failure::Final(Unsuccessful::NotFound),
-                        Failure::Fatal(e) => retry::Failure::Final(Unsuccessful::Failed(e)),
-                    })
+                let result = attempt.await;
+                crate::failpoints::hit(crate::failpoints::Site::ProviderCall);
+                result.map_err(|err| match classify(&err, op, vault) {
+                    Failure::Transient {
+                        retry_after,
+                        detail,
+                    } => retry::Failure::Transient {
+                        retry_after,
+                        detail,
+                    },
+                    Failure::NotFound => retry::Failure::Final(Unsuccessful::NotFound),
+                    Failure::Fatal(e) => retry::Failure::Final(Unsuccessful::Failed(e)),
+                })
             }
         })
         .await;
