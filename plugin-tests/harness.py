@@ -5,6 +5,8 @@ Everything here talks to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import base64
+import bisect
 import datetime
 import hashlib
 import json
@@ -15,16 +17,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +108,7 @@ class BaoServer:
         self.plugin_dir = self.tmp / "plugins"
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.tmp / "server.log"
+        SERVER_LOGS.append(self.log_path)
         # The dev server also binds a cluster listener on port+1.
         self.port = port if port is not None else free_port(span=2)
         self.addr = f"http://127.0.0.1:{self.port}"
@@ -232,6 +236,7 @@ def cli(server: BaoServer, *args: str, check: bool = True) -> subprocess.Complet
         text=True,
         timeout=120,
     )
+    record_output(cli_origin(args), result.stdout, result.stderr)
     if check and result.returncode != 0:
         raise CliError(result)
     return result
@@ -240,7 +245,9 @@ def cli(server: BaoServer, *args: str, check: bool = True) -> subprocess.Complet
 def http(server: BaoServer, method: str, path: str, **kwargs: Any) -> requests.Response:
     """A raw HTTP API call (`/v1/<path>`) with the server's root token."""
     kwargs.setdefault("timeout", 120)
-    return requests.request(method, f"{server.addr}/v1/{path}", headers={"X-Vault-Token": server.token}, **kwargs)
+    resp = requests.request(method, f"{server.addr}/v1/{path}", headers={"X-Vault-Token": server.token}, **kwargs)
+    record_output(f"http {method} {path[:100]} -> {resp.status_code}", resp.text)
+    return resp
 
 
 def read_key(server: BaoServer, name: str, mount: str = MOUNT) -> dict[str, Any]:
@@ -255,13 +262,16 @@ def stored_key(server: BaoServer, name: str, mount: str = MOUNT) -> dict[str, An
     uuid_ = mounts[f"{mount}/"]["uuid"]
     resp = http(server, "GET", f"sys/raw/logical/{uuid_}/key/{name}")
     assert resp.status_code == 200, resp.text
-    return json.loads(resp.json()["data"]["value"])
+    record = json.loads(resp.json()["data"]["value"])
+    # What a test can read of the material must never show anywhere else.
+    for version in record.get("versions", {}).values():
+        if version.get("material"):
+            register_material(base64.b64decode(version["material"]), site=f"stored_key({name!r})")
+    return record
 
 
 def stored_material(server: BaoServer, name: str, version: int, mount: str = MOUNT) -> bytes:
     """A version's secret bytes (AES: the raw key; RSA/EC: PKCS#8 DER) from raw storage."""
-    import base64
-
     return base64.b64decode(stored_key(server, name, mount)["versions"][str(version)]["material"])
 
 
@@ -409,3 +419,161 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+# -- secrets that must never show (issue 11 item 4) ------------------------------
+#
+# Tests register every secret they use (credentials, tokens, fragments of key
+# material). What the harness's cli() and http() got back is appended to a
+# per-session transcript as it arrives, so that a secret registered later is
+# still caught; at the end of the session conftest.py scans every server log
+# and the transcript for every registered value (find_leaks) and fails the run
+# on a hit, naming the file and where the secret was registered, never the value.
+
+SECRET_MIN_LENGTH = 8
+# value -> where it was registered ("file:line (function)").
+SECRETS: dict[str, str] = {}
+# Every BaoServer's log file, in start order.
+SERVER_LOGS: list[Path] = []
+# Set by conftest.py for a pytest session; recording is off without it.
+TRANSCRIPT: Path | None = None
+_RECORD_SEPARATOR = "\n\x00\x1e"
+
+
+def _caller_site(depth: int = 2) -> str:
+    frame = sys._getframe(depth)
+    filename = Path(frame.f_code.co_filename)
+    try:
+        filename = filename.relative_to(ROOT)
+    except ValueError:
+        pass
+    return f"{filename}:{frame.f_lineno} ({frame.f_code.co_name})"
+
+
+def register_secret(value: str, site: str | None = None, registry: dict[str, str] | None = None) -> str:
+    """Remember `value` as a secret that no log or answer may contain; returns it.
+
+    `site` describes where it comes from (default: the caller's file and line).
+    `registry` replaces the session's (for the scanner's own tests)."""
+    if len(value) < SECRET_MIN_LENGTH:
+        raise ValueError(
+            f"a secret of {len(value)} characters would match by chance; register {SECRET_MIN_LENGTH} or more"
+        )
+    target = SECRETS if registry is None else registry
+    target.setdefault(value, site or _caller_site())
+    return value
+
+
+def _windows(secret: bytes) -> list[str]:
+    """Encodings of a 16 to 18-byte window from the middle of `secret` that any
+    hex, base64 or base64url text containing `secret` contains, whatever its
+    alignment within that text."""
+    if len(secret) < 16:
+        return [secret.hex()] if len(secret) >= 8 else []
+    start = max(0, len(secret) // 2 - 10)
+    found = [secret[start:start + 16].hex()]
+    for shift in range(3):
+        chunk = secret[start + shift:start + shift + 18]
+        if len(chunk) < 18:
+            # Short secrets (AES-256): the whole value's own encodings instead.
+            found += [base64.b64encode(secret).decode().rstrip("="),
+                      base64.urlsafe_b64encode(secret).decode().rstrip("=")]
+            break
+        found += [base64.b64encode(chunk).decode(), base64.urlsafe_b64encode(chunk).decode()]
+    return found
+
+
+def _uint(value: int, size: int | None = None) -> bytes:
+    return value.to_bytes(size or (value.bit_length() + 7) // 8 or 1, "big")
+
+
+def register_material(material: bytes, site: str | None = None, registry: dict[str, str] | None = None) -> None:
+    """Register fragments of key material: raw AES bytes, or a PKCS#8 DER private key.
+
+    Only private parts are used (an RSA key's d and p, an EC key's scalar), so a
+    public key in an answer never matches; plus the PEM body lines that hold
+    any of their bytes."""
+    site = site or _caller_site()
+    try:
+        private = serialization.load_der_private_key(material, password=None)
+    except (ValueError, TypeError):
+        private = None
+    if isinstance(private, rsa.RSAPrivateKey):
+        numbers = private.private_numbers()
+        parts = [_uint(numbers.d), _uint(numbers.p)]
+    elif isinstance(private, ec.EllipticCurvePrivateKey):
+        parts = [_uint(private.private_numbers().private_value, (private.curve.key_size + 7) // 8)]
+    else:
+        parts = [material]
+    for part in parts:
+        for fragment in _windows(part):
+            register_secret(fragment, site, registry)
+    if private is not None:
+        # The PEM body lines (48 bytes of DER each) that hold private bytes.
+        pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+        body = pem.strip().splitlines()[1:-1]
+        for part in parts:
+            at = material.find(part)
+            if at < 0:
+                continue
+            for line in body[at // 48:(at + len(part) - 1) // 48 + 1]:
+                if len(line) >= SECRET_MIN_LENGTH:
+                    register_secret(line, site, registry)
+
+
+def register_private_key(key: Any, site: str | None = None, registry: dict[str, str] | None = None) -> None:
+    """register_material for a `cryptography` private key object."""
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    register_material(der, site or _caller_site(), registry)
+
+
+def cli_origin(args: Iterable[str]) -> str:
+    """`vault <subcommand> <path>`: no argument that could carry a value."""
+    args = list(args)
+    path = next((a for a in args[1:] if "/" in a and "=" not in a and not a.startswith("-")), "")
+    return f"cli {args[0] if args else ''} {path[:100]}".rstrip()
+
+
+def record_output(origin: str, *texts: str, transcript: Path | None = None) -> None:
+    """Append what a request got back to the session's transcript (no-op outside pytest)."""
+    target = transcript or TRANSCRIPT
+    if target is None:
+        return
+    with open(target, "a", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(f"{_RECORD_SEPARATOR}{origin}\n" + "\n".join(t for t in texts if t))
+
+
+def find_leaks(
+    logs: Iterable[Path], transcript: Path | None, secrets: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """(where, registration site) for every registered secret found in a log or
+    in an answer of the transcript; `where` is a file, or the transcript and the
+    request the answer came to. The secrets themselves are never returned."""
+    secrets = SECRETS if secrets is None else secrets
+    sources: list[tuple[str, str]] = []
+    for path in dict.fromkeys(Path(p).resolve() for p in logs):
+        if path.is_file():
+            sources.append((str(path), path.read_text(errors="replace")))
+    if transcript is not None and Path(transcript).is_file():
+        records = Path(transcript).read_text(errors="replace").split(_RECORD_SEPARATOR)
+        for record in records[1:]:
+            origin, _, text = record.partition("\n")
+            sources.append((f"{transcript}: the answer to {origin}", text))
+    # One search per secret over all the text at once; offsets map back to sources.
+    starts, pieces, offset = [], [], 0
+    for _, text in sources:
+        starts.append(offset)
+        pieces.append(text)
+        offset += len(text) + 1
+    corpus = "\x00".join(pieces)
+    hits: dict[tuple[str, str], None] = {}
+    for value, site in secrets.items():
+        at = corpus.find(value)
+        while at != -1:
+            index = bisect.bisect_right(starts, at) - 1
+            hits[(sources[index][0], site)] = None
+            # One hit per source is enough: go on from the next one.
+            at = corpus.find(value, starts[index + 1]) if index + 1 < len(starts) else -1
+    return list(hits)
