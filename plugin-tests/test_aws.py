@@ -39,7 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from fakes.aws_fault_proxy import AwsFaultProxy
 from fakes.tls import FakeCA
-from harness import MOUNT, BaoServer, cli, http, install_plugin, kill_plugins, read_key, stored_material
+from harness import (
+    MOUNT, BaoServer, cli, http, install_plugin, kill_plugins, read_key, register_secret, stored_material,
+)
 from localstack import LocalStack, assert_symmetric_material
 
 pytest_plugins = ["aws_fixtures"]
@@ -95,7 +97,7 @@ class Account:
     def __init__(self, localstack: LocalStack) -> None:
         self.access_key = "".join(random.choice("0123456789") for _ in range(12))
         self.secret_key = f"s3cr3t/{uuid.uuid4().hex}"
-        SECRETS.append(self.secret_key)
+        SECRETS.append(register_secret(self.secret_key))
         self.localstack = localstack
 
     def kms(self, region: str = REGION) -> Any:

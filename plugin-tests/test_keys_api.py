@@ -25,7 +25,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness import MOUNT, BaoServer, cli, http, read_key
+from harness import MOUNT, BaoServer, cli, http, read_key, register_secret
 
 FreshServer = Callable[[], BaoServer]
 
@@ -535,6 +535,7 @@ DOC_KMS_SECRETS = (
     "eR%HizuCVEpAKgeaUEx",
     "cd4bf224-d114-4f96-9bbc-b8f45751c43f",
 )
+register_secret(DOC_KMS_SECRETS[1])  # the client secret
 
 
 def shell(server: BaoServer, text: str) -> subprocess.CompletedProcess[str]:

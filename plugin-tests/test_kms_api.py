@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import hvac
 import pytest
 
-from harness import MOUNT, BaoServer, cli, http, plugin_pids, wait_for
+from harness import MOUNT, BaoServer, cli, http, plugin_pids, register_secret, wait_for
 from test_keys_api import (
     DOC_KMS_SECRETS,
     assert_cli_error,
@@ -35,7 +35,7 @@ COLLECTIONS = {
 
 def secret() -> str:
     """A unique credential value, easy to search for in outputs and logs."""
-    return f"S3CR3T-{uuid.uuid4().hex}"
+    return register_secret(f"S3CR3T-{uuid.uuid4().hex}")
 
 
 def create_provider(server: BaoServer, name: str, provider: str, **credentials: str) -> None:
