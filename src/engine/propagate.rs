@@ -112,11 +112,13 @@ impl KeyManagement {
             if !resume {
                 self.distributions.put(provider, &key.name, record).await?;
             }
+            let recorded: Vec<String> = record.versions.values().cloned().collect();
             let request = ImportRequest {
                 version: *number,
                 material: &version.material,
                 enabled: key.is_enabled(*number),
                 resume,
+                recorded: &recorded,
             };
             let id = session.import(request).await.map_err(|e| {
                 Error::from(e).context(&format!(
@@ -156,16 +158,26 @@ impl KeyManagement {
     }
 
     /// After `min_enabled_version` changed: sets every distributed
-    /// version's enabled state in every provider.
+    /// version's enabled state in every provider, recording the ids of
+    /// versions a provider imported only now.
     pub async fn push_enabled_versions(&self, key: &Key) -> Result<(), Error> {
         let mut failures = Vec::new();
-        for (provider, record) in self.distributions.of_key(&key.name).await? {
+        for (provider, mut record) in self.distributions.of_key(&key.name).await? {
             let result = async {
                 let client = self.client(&provider).await?;
-                client
+                let new_ids = client
                     .set_enabled(&record.target(key), &version_states(key, &record))
                     .await
-                    .map_err(Error::from)
+                    .map_err(Error::from)?;
+                if !new_ids.is_empty() {
+                    for id in new_ids {
+                        record.versions.insert(id.version, id.provider_id);
+                    }
+                    self.distributions
+                        .put(&provider, &key.name, &record)
+                        .await?;
+                }
+                Ok::<(), Error>(())
             }
             .await;
             if let Err(err) = result {

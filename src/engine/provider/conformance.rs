@@ -71,6 +71,8 @@ fn materials(target: &Target, count: u32) -> BTreeMap<u32, KeyMaterial> {
         .collect()
 }
 
+/// Imports one version in a session of its own, as the engine does after
+/// a repeat; `recorded` are the ids Vault holds for the other versions.
 async fn import(
     provider: &dyn KmsProvider,
     target: &Target,
@@ -78,6 +80,7 @@ async fn import(
     material: &KeyMaterial,
     enabled: bool,
     resume: bool,
+    recorded: &[String],
 ) -> Result<String, ProviderError> {
     let session = provider.begin_import(target);
     let result = session
@@ -86,10 +89,38 @@ async fn import(
             material,
             enabled,
             resume,
+            recorded,
         })
         .await;
     session.finish().await;
     result
+}
+
+/// Imports every version, in order, enabled as `enabled` says, recording
+/// each before the next as the engine does.
+async fn import_all(
+    provider: &dyn KmsProvider,
+    target: &Target,
+    materials: &BTreeMap<u32, KeyMaterial>,
+    enabled: impl Fn(u32) -> bool,
+) -> BTreeMap<u32, String> {
+    let mut ids = BTreeMap::new();
+    for (v, material) in materials {
+        let recorded: Vec<String> = ids.values().cloned().collect();
+        let id = import(
+            provider,
+            target,
+            *v,
+            material,
+            enabled(*v),
+            false,
+            &recorded,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("importing version {v}: {e}"));
+        ids.insert(*v, id);
+    }
+    ids
 }
 
 fn states<'a>(
@@ -127,19 +158,18 @@ async fn imports_are_safe_to_repeat(double: &dyn Double, name: &str) {
     let provider = double.provider();
     let target = double.target("repeat-1700000001");
     let m = materials(&target, 2);
-    let id1 = import(provider.as_ref(), &target, 1, &m[&1], true, false)
-        .await
-        .unwrap();
-    let id2 = import(provider.as_ref(), &target, 2, &m[&2], true, false)
-        .await
-        .unwrap();
-    assert_ne!(id1, id2, "{name}: versions have their own ids");
+    let ids = import_all(provider.as_ref(), &target, &m, |_| true).await;
+    assert_ne!(ids[&1], ids[&2], "{name}: versions have their own ids");
     // The engine repeats only the import it started last (each version is
     // recorded before the next starts).
-    let again = import(provider.as_ref(), &target, 2, &m[&2], true, true)
+    let recorded = [ids[&1].clone()];
+    let again = import(provider.as_ref(), &target, 2, &m[&2], true, true, &recorded)
         .await
         .unwrap();
-    assert_eq!(again, id2, "{name}: a repeated import returns the first id");
+    assert_eq!(
+        again, ids[&2],
+        "{name}: a repeated import returns the first id"
+    );
     let observed = double.observe(&target, &m);
     assert_eq!(observed.len(), 2, "{name}: {observed:?}");
     assert!(
@@ -154,12 +184,12 @@ async fn lost_answers_never_duplicate(double: &dyn Double, name: &str) {
         let target = double.target(&format!("lost{i}-1700000002"));
         let m = materials(&target, 1);
         double.inject(site, Fault::Lost, 1);
-        let first = import(provider.as_ref(), &target, 1, &m[&1], true, false).await;
+        let first = import(provider.as_ref(), &target, 1, &m[&1], true, false, &[]).await;
         // Within its retries the provider may already find what the lost
         // call did; otherwise the engine repeats with `resume`.
         let id = match first {
             Ok(id) => id,
-            Err(_) => import(provider.as_ref(), &target, 1, &m[&1], true, true)
+            Err(_) => import(provider.as_ref(), &target, 1, &m[&1], true, true, &[])
                 .await
                 .unwrap(),
         };
@@ -183,14 +213,14 @@ async fn outages_are_retried_then_reported(double: &dyn Double, name: &str) {
     let target = double.target("outage-1700000003");
     let m = materials(&target, 1);
     double.inject(site, Fault::Unavailable, 2);
-    import(provider.as_ref(), &target, 1, &m[&1], true, false)
+    import(provider.as_ref(), &target, 1, &m[&1], true, false, &[])
         .await
         .unwrap_or_else(|e| panic!("{name}: two failures are retried: {e}"));
     double.clear_faults();
 
     let target = double.target("outage-1700000004");
     double.inject(site, Fault::Unavailable, 1000);
-    let err = import(provider.as_ref(), &target, 1, &m[&1], true, false)
+    let err = import(provider.as_ref(), &target, 1, &m[&1], true, false, &[])
         .await
         .unwrap_err();
     assert!(
@@ -199,7 +229,7 @@ async fn outages_are_retried_then_reported(double: &dyn Double, name: &str) {
     );
     assert_eq!(Error::from(err).status(), 502, "{name}");
     double.clear_faults();
-    import(provider.as_ref(), &target, 1, &m[&1], true, true)
+    import(provider.as_ref(), &target, 1, &m[&1], true, true, &[])
         .await
         .unwrap();
     let observed = double.observe(&target, &m);
@@ -218,6 +248,7 @@ async fn denials_create_nothing(double: &dyn Double, name: &str) {
             material: &m[&1],
             enabled: true,
             resume: false,
+            recorded: &[],
         })
         .await
         .unwrap_err();
@@ -239,15 +270,7 @@ async fn enabling_and_disabling(double: &dyn Double, name: &str) {
     let provider = double.provider();
     let target = double.target("toggle-1700000006");
     let m = materials(&target, 2);
-    let mut ids = BTreeMap::new();
-    for v in [1, 2] {
-        ids.insert(
-            v,
-            import(provider.as_ref(), &target, v, &m[&v], true, false)
-                .await
-                .unwrap(),
-        );
-    }
+    let ids = import_all(provider.as_ref(), &target, &m, |_| true).await;
     provider
         .set_enabled(&target, &states(&ids, &m, |v| v >= 2))
         .await
@@ -277,25 +300,32 @@ async fn disabled_versions_are_never_usable(double: &dyn Double, name: &str) {
     let provider = double.provider();
     let target = double.target("never-1700000007");
     let m = materials(&target, 2);
-    let id1 = import(provider.as_ref(), &target, 1, &m[&1], false, false)
-        .await
-        .unwrap();
-    let id2 = import(provider.as_ref(), &target, 2, &m[&2], true, false)
-        .await
-        .unwrap();
+    let mut ids = import_all(provider.as_ref(), &target, &m, |v| v >= 2).await;
     let observed = double.observe(&target, &m);
     assert_eq!(live(&observed).len(), 1, "{name}: {observed:?}");
-    assert_eq!(live(&observed)[0].provider_id, id2, "{name}");
-    let ids = BTreeMap::from([(1, id1), (2, id2)]);
-    provider
+    assert_eq!(live(&observed)[0].provider_id, ids[&2], "{name}");
+    // A provider may bring a disabled version in only once it is enabled;
+    // it then reports the id to record.
+    let new_ids = provider
         .set_enabled(&target, &states(&ids, &m, |_| true))
         .await
         .unwrap();
+    for new in new_ids {
+        ids.insert(new.version, new.provider_id);
+    }
     let observed = double.observe(&target, &m);
     assert_eq!(live(&observed).len(), 2, "{name}: {observed:?}");
     assert!(
         observed.iter().all(|o| o.material_matches),
         "{name}: {observed:?}"
+    );
+    let usable: Vec<&str> = live(&observed)
+        .iter()
+        .map(|o| o.provider_id.as_str())
+        .collect();
+    assert!(
+        usable.contains(&ids[&1].as_str()),
+        "{name}: the recorded id is version 1's"
     );
 }
 
@@ -305,12 +335,19 @@ async fn latest_version_is_current(double: &dyn Double, name: &str) {
     let m = materials(&target, 2);
     let mut ids = BTreeMap::new();
     for v in [1, 2] {
-        ids.insert(
+        let recorded: Vec<String> = ids.values().cloned().collect();
+        let id = import(
+            provider.as_ref(),
+            &target,
             v,
-            import(provider.as_ref(), &target, v, &m[&v], true, false)
-                .await
-                .unwrap(),
-        );
+            &m[&v],
+            true,
+            false,
+            &recorded,
+        )
+        .await
+        .unwrap();
+        ids.insert(v, id);
         let states = states(&ids, &m, |_| true);
         let latest = states.last().unwrap();
         provider.make_current(&target, latest).await.unwrap();
@@ -327,15 +364,7 @@ async fn removal_tolerates_repeats_and_gone_keys(double: &dyn Double, name: &str
     let provider = double.provider();
     let target = double.target("remove-1700000009");
     let m = materials(&target, 2);
-    let mut ids = BTreeMap::new();
-    for v in [1, 2] {
-        ids.insert(
-            v,
-            import(provider.as_ref(), &target, v, &m[&v], true, false)
-                .await
-                .unwrap(),
-        );
-    }
+    let ids = import_all(provider.as_ref(), &target, &m, |_| true).await;
     let all = states(&ids, &m, |_| true);
     provider.remove(&target, &all, &[]).await.unwrap();
     assert!(
@@ -345,11 +374,8 @@ async fn removal_tolerates_repeats_and_gone_keys(double: &dyn Double, name: &str
     provider.remove(&target, &all, &[]).await.unwrap();
 
     let target = double.target("gone-1700000010");
-    let id = import(provider.as_ref(), &target, 1, &m[&1], true, false)
-        .await
-        .unwrap();
+    let ids = import_all(provider.as_ref(), &target, &m, |v| v == 1).await;
     double.delete_outside(&target);
-    let ids = BTreeMap::from([(1, id)]);
     provider
         .remove(&target, &states(&ids, &m, |_| true), &[])
         .await

@@ -18,6 +18,7 @@ pub mod registry;
 
 pub mod aws;
 pub mod azure;
+pub mod gcp;
 
 #[cfg(test)]
 pub mod conformance;
@@ -190,6 +191,18 @@ pub struct ImportRequest<'a> {
     /// An earlier attempt started this version and may have reached the
     /// provider without Vault hearing back: look for it before creating.
     pub resume: bool,
+    /// The provider ids Vault has recorded for the target's other
+    /// versions: a provider-side version not among them can only be the
+    /// one an interrupted attempt made.
+    pub recorded: &'a [String],
+}
+
+/// A version whose provider id changed, for the engine to record (a
+/// version a provider imports only once it is enabled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewId {
+    pub version: u32,
+    pub provider_id: String,
 }
 
 /// A failed call to a provider. Messages must never carry credentials,
@@ -275,12 +288,13 @@ pub trait KmsProvider: Send + Sync {
         Ok(())
     }
 
-    /// Enables and disables provider-side versions.
+    /// Enables and disables provider-side versions. Returns the versions
+    /// that got a provider id only now.
     async fn set_enabled(
         &self,
         target: &Target,
         versions: &[VersionState<'_>],
-    ) -> Result<(), ProviderError>;
+    ) -> Result<Vec<NewId>, ProviderError>;
 
     /// Deletes the key (all versions) from the provider. `unrecorded`
     /// lists versions whose import was started but never recorded, so that

@@ -15,7 +15,11 @@ use crate::engine::key_type::KeyType;
 use crate::framework::error::quote;
 
 /// Every provider compiled into this build, in the order help lists them.
-pub static PROVIDERS: &[&Descriptor] = &[&super::azure::DESCRIPTOR, &super::aws::DESCRIPTOR];
+pub static PROVIDERS: &[&Descriptor] = &[
+    &super::azure::DESCRIPTOR,
+    &super::aws::DESCRIPTOR,
+    &super::gcp::DESCRIPTOR,
+];
 
 /// One credential key a provider accepts in `credentials`.
 #[derive(Debug)]

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    ImportRequest, ImportSession, KmsProvider, ProviderConfig, ProviderConnector, ProviderError,
-    Target, VersionState,
+    ImportRequest, ImportSession, KmsProvider, NewId, ProviderConfig, ProviderConnector,
+    ProviderError, Target, VersionState,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,7 +146,7 @@ impl KmsProvider for TestProvider {
         &self,
         target: &Target,
         versions: &[VersionState<'_>],
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Vec<NewId>, ProviderError> {
         let mut state = self.state();
         if take(&mut state.fail_set_enabled) {
             return Err(ProviderError::Unavailable(
@@ -166,7 +166,7 @@ impl KmsProvider for TestProvider {
                 })?;
             v.enabled = wanted.enabled;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn remove(

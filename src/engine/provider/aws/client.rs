@@ -23,75 +23,9 @@ use tokio::sync::{Mutex, OnceCell};
 use zeroize::Zeroizing;
 
 use super::super::ProviderError;
-use super::super::client::{bounded, error_chain, read_ca_bundle};
+pub use super::super::client::{ApiError, ErrorClass};
+use super::super::client::{error_chain, read_ca_bundle};
 use super::config::{ENV_CA_FILE, Settings};
-
-/// What kind of failure an AWS answer is, which decides retries and the
-/// status the user sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// `ThrottlingException`: retried.
-    Throttled,
-    /// 5xx, `KMSInternalException`, `DependencyTimeoutException`: retried.
-    Unavailable,
-    /// No answer (connection, timeout, a response cut off): retried, but
-    /// the request may have taken effect.
-    Network,
-    /// `AccessDeniedException` and bad or expired credentials.
-    AccessDenied,
-    /// `NotFoundException`.
-    NotFound,
-    /// `AlreadyExistsException`.
-    AlreadyExists,
-    /// `KMSInvalidStateException`: the key's state does not allow this.
-    InvalidState,
-    /// Any other refusal.
-    Invalid,
-}
-
-impl ErrorClass {
-    /// Whether another attempt can help.
-    pub fn transient(self) -> bool {
-        matches!(self, Self::Throttled | Self::Unavailable | Self::Network)
-    }
-
-    /// Whether the request may have taken effect although no success was
-    /// seen (a lost response).
-    pub fn ambiguous(self) -> bool {
-        matches!(self, Self::Network | Self::Unavailable)
-    }
-}
-
-/// A failed KMS call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub class: ErrorClass,
-    /// AWS's error code (`AccessDeniedException`), or a description of a
-    /// failure without an answer.
-    pub code: String,
-    /// AWS's message, bounded.
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(class: ErrorClass, code: &str, message: &str) -> Self {
-        Self {
-            class,
-            code: code.to_owned(),
-            message: bounded(message.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.message.is_empty() {
-            f.write_str(&self.code)
-        } else {
-            write!(f, "{}: {}", self.code, self.message)
-        }
-    }
-}
 
 /// Classifies an AWS error code (the `__type` of an awsJson error).
 pub fn class_of(code: &str, status: Option<u16>) -> ErrorClass {

@@ -44,18 +44,18 @@ use std::time::{Duration, Instant};
 use aws_sdk_kms::types::{AlgorithmSpec, KeySpec, KeyState, KeyUsageType};
 use tokio::sync::Mutex;
 
-use super::client::process_env;
-use super::client::retry::{self, RetryPolicy, Stop};
+use super::client::retry::{RetryPolicy, call_api};
+use super::client::{ApiError, ErrorClass, process_env};
 use super::registry::{Credential, Descriptor};
 use super::{
-    ImportRequest, ImportSession, KmsProvider, Protection, ProviderConfig, ProviderError, Purpose,
-    Target, VersionState,
+    ImportRequest, ImportSession, KmsProvider, NewId, Protection, ProviderConfig, ProviderError,
+    Purpose, Target, VersionState,
 };
 use crate::engine::key_type::KeyType;
 use crate::engine::material::KeyMaterial;
 use crate::engine::wrap::{OaepHash, rsa_aes_key_wrap, rsa_oaep_encrypt, rsa_public_from_spki_der};
 use crate::framework::error::quote;
-use client::{ApiError, ErrorClass, KmsApi, NewKey, SdkKms};
+use client::{KmsApi, NewKey, SdkKms};
 use config::Settings;
 
 const AES_PURPOSES: &[Purpose] = &[Purpose::Encrypt, Purpose::Decrypt];
@@ -353,73 +353,26 @@ impl AwsKms {
     /// Runs one action under the retry policy. `attempt` gets the number
     /// of failures so far. After retries ran out the error is
     /// [`ErrorClass::Unavailable`] and says how long it tried.
-    async fn call<T, F, Fut>(
-        &self,
-        action: Action,
-        region: &str,
-        mut attempt: F,
-    ) -> Result<T, ApiError>
+    async fn call<T, F, Fut>(&self, action: Action, region: &str, attempt: F) -> Result<T, ApiError>
     where
         F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let label = format!("aws kms: {} in {region}", action.name());
-        let result = retry::run(&self.retry, &label, |failures| {
-            let attempt = attempt(failures);
-            async move {
-                let started = Instant::now();
-                let result = attempt.await;
-                Self::add(&self.api_micros, started);
-                crate::failpoints::hit(crate::failpoints::Site::ProviderCall);
-                result.map_err(|err| {
-                    if err.class.transient() {
-                        retry::Failure::Transient {
-                            retry_after: None,
-                            detail: err.to_string(),
-                        }
-                    } else {
-                        retry::Failure::Final(err)
-                    }
-                })
-            }
+        call_api(&self.retry, &label, attempt, |spent| {
+            let micros = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
+            self.api_micros.fetch_add(micros, Ordering::Relaxed);
         })
-        .await;
-        match result {
-            Ok(value) => Ok(value),
-            Err(Stop::Final(err)) => Err(err),
-            Err(Stop::GaveUp {
-                attempts,
-                elapsed,
-                detail,
-            }) => Err(ApiError::new(
-                ErrorClass::Unavailable,
-                "unavailable",
-                &format!(
-                    "{detail} (gave up after {attempts} attempts over {} s)",
-                    elapsed.as_secs()
-                ),
-            )),
-        }
+        .await
     }
 
     /// The error the user sees for a failed action.
     fn failed(&self, action: Action, region: &str, err: &ApiError) -> ProviderError {
-        let what = format!("{} in AWS KMS ({region})", action.name());
-        match err.class {
-            ErrorClass::AccessDenied => ProviderError::Permission(format!(
-                "AWS KMS denied {what}: {err}; the principal needs {}, or check the provider's credentials",
-                action.permissions()
-            )),
-            ErrorClass::Throttled | ErrorClass::Unavailable | ErrorClass::Network => {
-                ProviderError::Unavailable(format!("{what} failed: {err}"))
-            }
-            ErrorClass::NotFound
-            | ErrorClass::AlreadyExists
-            | ErrorClass::InvalidState
-            | ErrorClass::Invalid => {
-                ProviderError::Rejected(format!("AWS KMS refused {what}: {err}"))
-            }
-        }
+        err.to_provider_error(
+            "AWS KMS",
+            &format!("{} in AWS KMS ({region})", action.name()),
+            action.permissions(),
+        )
     }
 
     /// Imports `material` into a key in `PendingImport` (or re-imports the
@@ -879,7 +832,7 @@ impl KmsProvider for AwsKms {
         &self,
         target: &Target,
         versions: &[VersionState<'_>],
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Vec<NewId>, ProviderError> {
         for state in versions {
             if !self.converge(&self.region, state).await? {
                 return Err(ProviderError::Rejected(format!(
@@ -899,7 +852,7 @@ impl KmsProvider for AwsKms {
                 }
             }
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn remove(

@@ -47,8 +47,8 @@ use super::client::process_env;
 use super::client::retry::RetryPolicy;
 use super::registry::{Credential, Descriptor, any_purposes};
 use super::{
-    ImportRequest, ImportSession, KmsProvider, Protection, ProviderConfig, ProviderError, Purpose,
-    Target, VersionState,
+    ImportRequest, ImportSession, KmsProvider, NewId, Protection, ProviderConfig, ProviderError,
+    Purpose, Target, VersionState,
 };
 use crate::engine::key_type::KeyType;
 use crate::engine::material::KeyMaterial;
@@ -487,7 +487,7 @@ impl KmsProvider for AzureKeyVault {
         &self,
         target: &Target,
         versions: &[VersionState<'_>],
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Vec<NewId>, ProviderError> {
         check_name(&target.name)?;
         let vault = &self.vault;
         for state in versions {
@@ -506,7 +506,7 @@ impl KmsProvider for AzureKeyVault {
                 )
                 .await?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn remove(

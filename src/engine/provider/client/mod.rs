@@ -56,6 +56,99 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     bounded(text)
 }
 
+/// What kind of failure a provider's answer is, which decides retries and
+/// the status the user sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Throttling (`ThrottlingException`, 429): retried.
+    Throttled,
+    /// 5xx, `KMSInternalException`, `UNAVAILABLE`: retried.
+    Unavailable,
+    /// No answer (connection, timeout, a response cut off): retried, but
+    /// the request may have taken effect.
+    Network,
+    /// A missing permission, or bad or expired credentials.
+    AccessDenied,
+    NotFound,
+    AlreadyExists,
+    /// The object's state does not allow this (`KMSInvalidStateException`,
+    /// `FAILED_PRECONDITION`).
+    InvalidState,
+    /// Any other refusal.
+    Invalid,
+}
+
+impl ErrorClass {
+    /// Whether another attempt can help.
+    pub fn transient(self) -> bool {
+        matches!(self, Self::Throttled | Self::Unavailable | Self::Network)
+    }
+
+    /// Whether the request may have taken effect although no success was
+    /// seen (a lost response).
+    pub fn ambiguous(self) -> bool {
+        matches!(self, Self::Network | Self::Unavailable)
+    }
+}
+
+/// A failed provider call, reduced to what decides what happens next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub class: ErrorClass,
+    /// The service's error code (`AccessDeniedException`,
+    /// `PERMISSION_DENIED`), or a description of a failure without an answer.
+    pub code: String,
+    /// The service's message, bounded.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(class: ErrorClass, code: &str, message: &str) -> Self {
+        Self {
+            class,
+            code: code.to_owned(),
+            message: bounded(message.to_owned()),
+        }
+    }
+}
+
+impl ApiError {
+    /// The error the user sees for a failed call: a denial names the
+    /// permissions the call needs; an outage is a 502; a refusal a 400.
+    pub fn to_provider_error(
+        &self,
+        service: &str,
+        what: &str,
+        permissions: &str,
+    ) -> super::ProviderError {
+        use super::ProviderError;
+        match self.class {
+            ErrorClass::AccessDenied => ProviderError::Permission(format!(
+                "{service} denied {what}: {self}; the principal needs {permissions}, or check the provider's credentials"
+            )),
+            ErrorClass::Throttled | ErrorClass::Unavailable | ErrorClass::Network => {
+                ProviderError::Unavailable(format!("{what} failed: {self}"))
+            }
+            ErrorClass::NotFound
+            | ErrorClass::AlreadyExists
+            | ErrorClass::InvalidState
+            | ErrorClass::Invalid => {
+                ProviderError::Rejected(format!("{service} refused {what}: {self}"))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.is_empty() {
+            f.write_str(&self.code)
+        } else {
+            write!(f, "{}: {}", self.code, self.message)
+        }
+    }
+}
+
 /// Reads a PEM file of extra CA certificates named by `variable`, checking
 /// that it holds at least one certificate. Returns the file's bytes.
 pub fn read_ca_bundle(variable: &str, path: &Path) -> Result<Vec<u8>, String> {

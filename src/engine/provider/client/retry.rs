@@ -17,6 +17,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use super::{ApiError, ErrorClass};
+
 /// Retry bounds for one logical provider call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -166,6 +168,59 @@ where
                 });
             }
         }
+    }
+}
+
+/// Runs one provider call under `policy`, retrying the failures whose class
+/// is transient. Each attempt's duration goes to `observe` (for the share
+/// of time spent waiting on the provider). After the retries ran out the
+/// error is [`ErrorClass::Unavailable`] and says for how long it tried.
+pub async fn call_api<T, F, Fut>(
+    policy: &RetryPolicy,
+    label: &str,
+    mut attempt: F,
+    observe: impl Fn(Duration),
+) -> Result<T, ApiError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let observe = &observe;
+    let result = run(policy, label, |failures| {
+        let attempt = attempt(failures);
+        async move {
+            let started = Instant::now();
+            let result = attempt.await;
+            observe(started.elapsed());
+            crate::failpoints::hit(crate::failpoints::Site::ProviderCall);
+            result.map_err(|err| {
+                if err.class.transient() {
+                    Failure::Transient {
+                        retry_after: None,
+                        detail: err.to_string(),
+                    }
+                } else {
+                    Failure::Final(err)
+                }
+            })
+        }
+    })
+    .await;
+    match result {
+        Ok(value) => Ok(value),
+        Err(Stop::Final(err)) => Err(err),
+        Err(Stop::GaveUp {
+            attempts,
+            elapsed,
+            detail,
+        }) => Err(ApiError::new(
+            ErrorClass::Unavailable,
+            "unavailable",
+            &format!(
+                "{detail} (gave up after {attempts} attempts over {} s)",
+                elapsed.as_secs()
+            ),
+        )),
     }
 }
 
