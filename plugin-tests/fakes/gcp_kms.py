@@ -452,6 +452,11 @@ class GcpFaultPlan(FaultPlan):
         with self._gcp_lock:
             self._gcp_faults.append(_Fault(method.upper(), re.compile(path_regex), kind, times))
 
+    def pending(self) -> list[tuple[str, str, str, int]]:
+        """Faults not yet fired: (method, path regex, kind, remaining)."""
+        with self._gcp_lock:
+            return [(f.method, f.path.pattern, f.kind, f.remaining) for f in self._gcp_faults]
+
     def take(self, method: str, path: str) -> str | None:
         with self._gcp_lock:
             for fault in self._gcp_faults:
@@ -1566,6 +1571,10 @@ class GcpKmsFake:
         request is carried out, then the connection is closed unanswered).
         """
         self._faults.add(method, path_regex, kind, times)
+
+    def pending_faults(self) -> list[tuple[str, str, str, int]]:
+        """Injected faults that no request has matched yet."""
+        return self._faults.pending()
 
     def deny(self, *permissions: str) -> None:
         """Answer 403 PERMISSION_DENIED wherever these IAM permissions are checked."""

@@ -257,12 +257,21 @@ impl CloudKmsApi for FakeCloudKms {
             .clone()
             .set_name(name.clone())
             .set_state(ImportJobState::PendingGeneration);
-        self.inner
-            .lock()
-            .unwrap()
-            .jobs
-            .insert(name, (stored.clone(), 0));
-        Self::end(lost, Ok(stored))
+        let result = {
+            let mut inner = self.inner.lock().unwrap();
+            match inner.jobs.entry(name) {
+                std::collections::hash_map::Entry::Occupied(_) => Err(err(
+                    ErrorClass::AlreadyExists,
+                    "ALREADY_EXISTS",
+                    "the import job exists",
+                )),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert((stored.clone(), 0));
+                    Ok(stored)
+                }
+            }
+        };
+        Self::end(lost, result)
     }
 
     async fn get_import_job(&self, name: &str) -> Result<ImportJob, ApiError> {
@@ -542,7 +551,7 @@ impl crate::engine::provider::conformance::Double for GcpDouble {
     }
 
     fn import_sites(&self) -> &'static [&'static str] {
-        &["create", "import"]
+        &["create", "job", "import"]
     }
 
     fn create_site(&self) -> &'static str {
@@ -553,6 +562,7 @@ impl crate::engine::provider::conformance::Double for GcpDouble {
         use crate::engine::provider::conformance::Fault as F;
         let call = match site {
             "create" => Call::CreateCryptoKey,
+            "job" => Call::CreateImportJob,
             "import" => Call::Import,
             other => panic!("no call site {other}"),
         };

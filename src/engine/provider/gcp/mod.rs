@@ -411,13 +411,19 @@ impl GcpKms {
         let request = ImportJob::new()
             .set_import_method(ImportMethod::RsaOaep4096Sha256Aes256)
             .set_protection_level(level);
-        let created = self
+        // A job that exists after a lost answer is ours: the id is random.
+        let name = match self
             .call(Call::CreateImportJob, |_| {
                 self.api.create_import_job(&self.ring, &id, &request)
             })
             .await
-            .map_err(|e| self.failed(Call::CreateImportJob, &e))?;
-        let name = created.name.clone();
+        {
+            Ok(created) => created.name,
+            Err(e) if e.class == ErrorClass::AlreadyExists => {
+                format!("{}/importJobs/{id}", self.ring)
+            }
+            Err(e) => return Err(self.failed(Call::CreateImportJob, &e)),
+        };
         let active = self
             .poll("the import job's key generation", || async {
                 let job = self
