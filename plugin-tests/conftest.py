@@ -17,7 +17,7 @@ import pytest
 import cluster
 import fakes
 import harness
-from fakes import azure_auth, gcp_auth
+from fakes import azure_auth, gcp_auth, gcp_kms
 from harness import BaoServer, install_plugin, kill_plugins
 
 
@@ -106,7 +106,8 @@ def _registering_service_account(original: Callable[..., Any]) -> Callable[..., 
     return make
 
 
-fakes.new_service_account = gcp_auth.new_service_account = _registering_service_account(gcp_auth.new_service_account)
+fakes.new_service_account = gcp_auth.new_service_account = gcp_kms.new_service_account = (
+    _registering_service_account(gcp_auth.new_service_account))
 
 
 def _recording(method: Callable[..., Any], kind: str) -> Callable[..., Any]:

@@ -246,7 +246,8 @@ def http(server: BaoServer, method: str, path: str, **kwargs: Any) -> requests.R
     """A raw HTTP API call (`/v1/<path>`) with the server's root token."""
     kwargs.setdefault("timeout", 120)
     resp = requests.request(method, f"{server.addr}/v1/{path}", headers={"X-Vault-Token": server.token}, **kwargs)
-    record_output(f"http {method} {path[:100]} -> {resp.status_code}", resp.text)
+    if not path.startswith("sys/raw/"):  # a test reading storage itself sees the material on purpose
+        record_output(f"http {method} {path[:100]} -> {resp.status_code}", resp.text)
     return resp
 
 
