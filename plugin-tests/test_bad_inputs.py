@@ -31,6 +31,9 @@ nowhere, {secret:x} a fresh secret (registered for the suite's final scan),
 {aws_access_key} and {aws_endpoint} the fixture account's; in JSON bodies
 {"$repeat": [items], "$times": n} is the items n times over and
 {"$keys": "k", "$times": n, "$value": v} an object of n members k0, k1, ...
+
+KEYMGMT_CORPUS_ANSWERS=<file> appends every case's status and message to
+<file> as JSON lines, to review what the plugin answers.
 """
 
 from __future__ import annotations
@@ -436,7 +439,12 @@ def run_once(e: Env, case: dict[str, Any], serial: int) -> tuple[list[str], Answ
 
 
 def describe(answer: Answer) -> str:
-    return f"observed: {answer.status} {answer.message.strip()[:400]!r}"
+    """The answer for a failure report, with every registered secret blanked out."""
+    message = answer.message.strip()
+    for value in harness.SECRETS:
+        message = message.replace(value, "<a registered secret>")
+    status = "success (exit 0)" if answer.status == 0 else answer.status
+    return f"observed: {status} {message[:400]!r}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
