@@ -642,7 +642,8 @@ async fn provider_settings_are_checked_when_written() {
 #[tokio::test]
 async fn long_names_are_cut_in_messages() {
     let h = Harness::new().await;
-    let long = "k".repeat(5000);
+    // The longest name there can be: cut in messages.
+    let long = "k".repeat(crate::framework::field::MAX_NAME_LEN);
     let (status, msg) = h
         .status("write", &format!("key/{long}/rotate"), Value::Null)
         .await;
@@ -760,4 +761,39 @@ async fn replication_needs_regions_and_a_replicating_provider() {
         [1, 2],
         "the rotation replicates every version"
     );
+}
+
+#[tokio::test]
+async fn names_longer_than_the_limit_are_refused_first() {
+    let h = Harness::new().await;
+    let too_long = "k".repeat(crate::framework::field::MAX_NAME_LEN + 1);
+    for (op, path, body) in [
+        (
+            "write",
+            format!("key/{too_long}"),
+            json!({"type": "rsa-4096"}),
+        ),
+        (
+            "write",
+            format!("kms/{too_long}"),
+            json!({"provider": "awskms", "key_collection": "us-east-1"}),
+        ),
+        ("read", format!("key/{too_long}"), Value::Null),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, msg) = h.status(op, &path, body).await;
+        assert!(
+            status == 400 && msg.starts_with("name: names are at most 128"),
+            "{msg}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(100),
+            "before any key generation"
+        );
+        assert!(msg.len() < 200);
+    }
+    assert!(matches!(
+        h.call("list", "key/", Value::Null).await,
+        Outcome::NoContent
+    ));
 }

@@ -56,6 +56,11 @@ impl FieldType {
     }
 }
 
+/// Longest name of a key or a provider. No provider can hold longer ones
+/// (Azure key names: 127 characters, AWS aliases: 256), and a bound keeps
+/// every message and storage key small.
+pub const MAX_NAME_LEN: usize = 128;
+
 /// A declared field of a path.
 #[derive(Debug, Clone)]
 pub struct Field {
@@ -131,7 +136,16 @@ impl std::fmt::Debug for Secret {
 
 fn type_error(field: &Field, raw: &Value) -> Error {
     let shown = if field.sensitive {
-        String::new()
+        // Write-only: say what kind of value came, never what it was.
+        match raw {
+            Value::String(_) => " a string (not shown: the field is write-only)",
+            Value::Number(_) => " a number",
+            Value::Bool(_) => " a boolean",
+            Value::Null => " null",
+            Value::Array(_) => " a list with an item that is not a key=value string",
+            Value::Object(_) => " an object with a value that is not a string",
+        }
+        .to_owned()
     } else {
         match raw {
             Value::String(s) => format!(" {}", quote(s)),
@@ -237,6 +251,13 @@ impl Field {
         Ok(match self.kind {
             FieldType::String => FieldValue::String(scalar_string(raw).ok_or_else(fail)?),
             FieldType::Name => match raw {
+                Value::String(s) if s.len() > MAX_NAME_LEN => {
+                    return Err(Error::bad_request(format!(
+                        "{}: names are at most {MAX_NAME_LEN} characters, this one has {}",
+                        self.name,
+                        s.chars().count()
+                    )));
+                }
                 Value::String(s) if !s.is_empty() => FieldValue::String(s.clone()),
                 _ => return Err(fail()),
             },
@@ -271,13 +292,24 @@ impl Field {
                     .map(|(k, v)| Ok((k.clone(), Secret::new(scalar_string(v).ok_or_else(fail)?))))
                     .collect::<Result<_, Error>>()?,
                 Value::String(s) => [split_pair(self, s)?].into_iter().collect(),
-                Value::Array(items) => items
-                    .iter()
-                    .map(|item| match item {
-                        Value::String(s) => split_pair(self, s),
-                        _ => Err(fail()),
-                    })
-                    .collect::<Result<_, _>>()?,
+                Value::Array(items) => {
+                    let mut pairs = BTreeMap::new();
+                    for item in items {
+                        let (key, value) = match item {
+                            Value::String(s) => split_pair(self, s)?,
+                            _ => return Err(fail()),
+                        };
+                        // Which value was meant is unknowable; the key is
+                        // not echoed, as it may be a pasted secret.
+                        if pairs.insert(key, value).is_some() {
+                            return Err(Error::bad_request(format!(
+                                "{}: the same key is given more than once",
+                                self.name
+                            )));
+                        }
+                    }
+                    pairs
+                }
                 Value::Null => BTreeMap::new(),
                 _ => return Err(fail()),
             }),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::super::client::retry::RetryPolicy;
-use super::super::client::{Env, check_endpoint_url};
+use super::super::client::{Env, check_endpoint_url, redact_userinfo};
 use super::super::registry::ConfigError;
 use super::super::{ProviderConfig, ProviderError};
 use crate::framework::error::quote;
@@ -113,7 +113,10 @@ impl Settings {
             None => match env(ENV_ENDPOINT) {
                 Some(endpoint) => {
                     check_endpoint_url(endpoint.trim()).map_err(|m| {
-                        config_error(format!("{ENV_ENDPOINT} {} {m}", quote(endpoint.trim())))
+                        config_error(format!(
+                            "{ENV_ENDPOINT} {} {m}",
+                            quote(&redact_userinfo(endpoint.trim()))
+                        ))
                     })?;
                     Some(endpoint.trim().to_owned())
                 }
@@ -234,8 +237,12 @@ pub fn validate(config: &ProviderConfig) -> Result<(), ConfigError> {
         ));
     }
     if let Some(endpoint) = credential(config, "endpoint") {
-        check_endpoint_url(endpoint)
-            .map_err(|m| ConfigError::credential("endpoint", format!("{} {m}", quote(endpoint))))?;
+        check_endpoint_url(endpoint).map_err(|m| {
+            ConfigError::credential(
+                "endpoint",
+                format!("{} {m}", quote(&redact_userinfo(endpoint))),
+            )
+        })?;
     }
     Ok(())
 }
@@ -338,6 +345,10 @@ mod tests {
         for (pairs, want) in cases {
             assert_eq!(field(config("us-east-1", pairs)), *want, "{pairs:?}");
         }
+        let leaky = [("endpoint", "https://AKIA:wJalrXUtn@kms.example.com")];
+        let err = validate(&config("us-east-1", &leaky)).unwrap_err();
+        assert_eq!(err.field, "credentials.endpoint");
+        assert!(!err.to_string().contains("wJalrXUtn"), "{err}");
         let secret = "wJalr\nXUtn";
         let err = validate(&config(
             "us-east-1",

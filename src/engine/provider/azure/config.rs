@@ -19,7 +19,7 @@ use azure_core::http::Url;
 use zeroize::Zeroizing;
 
 use super::super::client::retry::RetryPolicy;
-use super::super::client::{Env, check_endpoint_url};
+use super::super::client::{Env, check_endpoint_url, redact_userinfo};
 use super::super::registry::ConfigError;
 use super::super::{ProviderConfig, ProviderError};
 use crate::framework::Secret;
@@ -367,8 +367,9 @@ pub fn keyvault_endpoint(
 ) -> Result<Url, ProviderError> {
     let collection = key_collection.trim().trim_end_matches('/');
     if collection.contains("://") {
+        let shown = quote(&redact_userinfo(collection));
         check_endpoint_url(collection)
-            .map_err(|m| config_error(format!("key_collection {} {m}", quote(collection))))?;
+            .map_err(|m| config_error(format!("key_collection {shown} {m}")))?;
         return parse_url("key_collection", collection, true);
     }
     if collection.contains('.') {

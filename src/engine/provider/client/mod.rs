@@ -175,6 +175,19 @@ pub fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A URL as it may be shown in a message: user information (`user:pw@`)
+/// is replaced, since it may hold a secret.
+pub fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Checks an endpoint URL given by an operator: `https://` with a host,
 /// or `http://` to a loopback host; no credentials, query or fragment.
 pub fn check_endpoint_url(value: &str) -> Result<(), String> {
@@ -218,6 +231,19 @@ mod tests {
         assert!(text.ends_with('…'));
         assert_eq!(bounded("short".into()), "short");
         assert_eq!(first_line(&"one\ntwo"), "one");
+    }
+
+    #[test]
+    fn user_information_is_never_shown() {
+        assert_eq!(
+            redact_userinfo("https://user:s3cret@kms.example/path@x"),
+            "https://<redacted>@kms.example/path@x"
+        );
+        assert_eq!(
+            redact_userinfo("https://kms.example/a@b"),
+            "https://kms.example/a@b"
+        );
+        assert_eq!(redact_userinfo("not a url"), "not a url");
     }
 
     #[test]
