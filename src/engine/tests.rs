@@ -76,6 +76,15 @@ impl Harness {
             }
             (Some(resp), None) => {
                 let data: Value = serde_json::from_str(&resp.data).unwrap();
+                if let Some(status) = data.get("http_status_code").and_then(Value::as_u64) {
+                    use base64::Engine as _;
+                    let body = base64::engine::general_purpose::STANDARD
+                        .decode(data["http_raw_body"].as_str().unwrap())
+                        .unwrap();
+                    let body: Value = serde_json::from_slice(&body).unwrap();
+                    let message = body["errors"][0].as_str().unwrap_or_default().to_owned();
+                    return Outcome::Status(status as u16, message);
+                }
                 match data.get("error").and_then(Value::as_str) {
                     Some(msg) => Outcome::Status(400, msg.to_owned()),
                     None => Outcome::Ok(data),

@@ -52,7 +52,6 @@ pub struct Backend<B> {
 
 // ProtoError err_type values the host understands.
 const ERR_INTERNAL: u32 = 2;
-const ERR_CODED: u32 = 3;
 const ERR_UNSUPPORTED_OPERATION: u32 = 5;
 const ERR_UNSUPPORTED_PATH: u32 = 6;
 
@@ -84,10 +83,10 @@ fn error_reply(err: Error) -> pb::HandleRequestReply {
             data.insert("error".into(), message.into());
             return data_reply(data, Vec::new());
         }
-        Error::NotFound(message) => proto_error(ERR_CODED, message, 404),
-        Error::BadGateway(message) => proto_error(ERR_CODED, message, 502),
-        Error::UnsupportedOperation => proto_error(ERR_UNSUPPORTED_OPERATION, String::new(), 0),
-        Error::UnsupportedPath => proto_error(ERR_UNSUPPORTED_PATH, String::new(), 0),
+        Error::NotFound(message) => return raw_error(404, &message),
+        Error::BadGateway(message) => return raw_error(502, &message),
+        Error::UnsupportedOperation => return raw_error(405, "unsupported operation"),
+        Error::UnsupportedPath => return raw_error(404, "unsupported path"),
         Error::Internal(message) => proto_error(ERR_INTERNAL, message, 0),
         Error::ReadOnly => proto_error(ERR_INTERNAL, Error::ReadOnly.to_string(), 0),
     };
@@ -95,6 +94,25 @@ fn error_reply(err: Error) -> pb::HandleRequestReply {
         response: None,
         err: Some(err),
     }
+}
+
+/// An error with its own status, answered as a raw response: the host
+/// writes the body as is, `{"errors":[message]}` like any Vault error,
+/// where a coded error would reach the user wrapped in the host's
+/// "1 error occurred:" list.
+fn raw_error(status: u16, message: &str) -> pb::HandleRequestReply {
+    use base64::Engine as _;
+    let body = serde_json::json!({ "errors": [message] }).to_string();
+    let mut data = Map::new();
+    data.insert("http_content_type".into(), "application/json".into());
+    data.insert("http_status_code".into(), status.into());
+    data.insert(
+        "http_raw_body".into(),
+        base64::engine::general_purpose::STANDARD
+            .encode(body)
+            .into(),
+    );
+    data_reply(data, Vec::new())
 }
 
 /// Parses `Request.data`: a JSON object, or `null` for no body.
@@ -121,11 +139,17 @@ impl<B: Lifecycle> Backend<B> {
     /// node only. Replies as Vault's framework does when there is nothing
     /// to roll back.
     async fn periodic(&self) -> pb::HandleRequestReply {
+        // The reply Vault's framework gives when there is nothing to roll
+        // back: the host ignores exactly this error, silently.
+        let nothing = || pb::HandleRequestReply {
+            response: None,
+            err: Some(proto_error(ERR_UNSUPPORTED_OPERATION, String::new(), 0)),
+        };
         if self.is_standby().await {
-            return error_reply(Error::UnsupportedOperation);
+            return nothing();
         }
         match self.state.periodic().await {
-            Ok(()) => error_reply(Error::UnsupportedOperation),
+            Ok(()) => nothing(),
             Err(err) => {
                 log::error!("periodic work failed: {err}");
                 error_reply(err)
@@ -264,7 +288,12 @@ impl<B: Lifecycle> Backend<B> {
             );
         } else {
             let Some((path, _)) = self.route(&request.path) else {
-                return error_reply(Error::UnsupportedPath);
+                // Help must not get a raw response (the host's help handler
+                // expects help data or an error).
+                return pb::HandleRequestReply {
+                    response: None,
+                    err: Some(proto_error(ERR_UNSUPPORTED_PATH, String::new(), 0)),
+                };
             };
             data.insert("help".into(), help::path_help(&request.path, path).into());
             data.insert("see_also".into(), Value::Array(Vec::new()));
@@ -492,33 +521,41 @@ mod tests {
         );
     }
 
+    /// The status and message of a raw error reply.
+    fn raw_error_of(reply: &pb::HandleRequestReply) -> (u64, String) {
+        use base64::Engine as _;
+        assert!(reply.err.is_none(), "{reply:?}");
+        let data = data_of(reply);
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(data["http_raw_body"].as_str().unwrap())
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(data["http_content_type"], "application/json");
+        (
+            data["http_status_code"].as_u64().unwrap(),
+            body["errors"][0].as_str().unwrap().to_owned(),
+        )
+    }
+
     #[tokio::test]
     async fn unsupported_paths_operations_and_not_found() {
         let b = backend();
+        // Answered raw, so that the user reads the message as it is, not in
+        // the host's "1 error occurred:" list.
+        let reply = b.handle_request(request("read", "nothing", "")).await;
+        assert_eq!(raw_error_of(&reply), (404, "unsupported path".into()));
+        let reply = b.handle_request(request("delete", "thing/a", "")).await;
+        assert_eq!(raw_error_of(&reply), (405, "unsupported operation".into()));
+        let reply = b.handle_request(request("read", "thing/a", "")).await;
+        assert_eq!(raw_error_of(&reply), (404, "thing \"a\" not found".into()));
+        // Help and the host's own calls keep protocol errors.
         assert_eq!(
-            b.handle_request(request("read", "nothing", ""))
+            b.handle_request(request("help", "nope", ""))
                 .await
                 .err
                 .unwrap()
                 .err_type,
-            6
-        );
-        assert_eq!(
-            b.handle_request(request("delete", "thing/a", ""))
-                .await
-                .err
-                .unwrap()
-                .err_type,
-            5
-        );
-        let err = b
-            .handle_request(request("read", "thing/a", ""))
-            .await
-            .err
-            .unwrap();
-        assert_eq!(
-            (err.err_type, err.err_code, err.err_msg.as_str()),
-            (3, 404, "thing \"a\" not found")
+            ERR_UNSUPPORTED_PATH
         );
         let reply = b
             .handle_request(request("resolve-path", "thing/a", ""))
