@@ -343,6 +343,8 @@ class SoftHsmToken:
     def generate_unwrap_key(self, bits: int = 3072) -> None:
         if bits not in (3072, 4096):
             raise ValueError("the unwrapping key is RSA-3072 or RSA-4096")
+        if self.objects(label=self.unwrap_label):
+            raise ValueError(f"{self.label} already has an unwrapping key")
         with self.session(rw=True) as s:
             s.generate_keypair(
                 KeyType.RSA, bits,
@@ -693,7 +695,7 @@ def oaep_params_raw(hash_alg: int, mgf: int, source: int, source_data_ptr: int, 
 # CK_RV of the python-pkcs11 exceptions the tests meet (the module raises an
 # "Unmapped error code 0x.." PKCS11Error for the rest, e.g. CKR_KEY_FUNCTION_NOT_PERMITTED).
 CKR = {
-    "CKR_GENERAL_ERROR": 0x05, "CKR_ARGUMENTS_BAD": 0x07, "CKR_ATTRIBUTE_READ_ONLY": 0x10,
+    "CKR_GENERAL_ERROR": 0x05, "CKR_ACTION_PROHIBITED": 0x1B, "CKR_ARGUMENTS_BAD": 0x07, "CKR_ATTRIBUTE_READ_ONLY": 0x10,
     "CKR_ATTRIBUTE_SENSITIVE": 0x11, "CKR_ATTRIBUTE_TYPE_INVALID": 0x12, "CKR_ATTRIBUTE_VALUE_INVALID": 0x13,
     "CKR_KEY_HANDLE_INVALID": 0x60, "CKR_KEY_TYPE_INCONSISTENT": 0x63, "CKR_KEY_FUNCTION_NOT_PERMITTED": 0x68,
     "CKR_MECHANISM_INVALID": 0x70, "CKR_MECHANISM_PARAM_INVALID": 0x71, "CKR_OBJECT_HANDLE_INVALID": 0x82,

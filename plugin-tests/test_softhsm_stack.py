@@ -352,6 +352,16 @@ def test_usage_toggles_and_removal(shared: SoftHsmToken) -> None:
     # so an import must look for existing objects (C_FindObjects by label + id) first.
     shared.reference_import(pkcs8(key), "ec", label, v1, ("sign", "verify"))
     assert len(shared.objects(label, v1)) == 4
+    # CKA_COPYABLE false (PKCS#11 2.40) is accepted and stops C_CopyObject, which
+    # could otherwise clone a disabled version; long labels and ids are fine.
+    long_label, long_id = "k" * 200 + "-1700000000", bytes(range(64))
+    shared.reference_import(os.urandom(32), "aes", long_label, long_id, ("encrypt",),
+                            template={Attribute.COPYABLE: False})
+    with shared.session(rw=True) as s:
+        (obj,) = s.get_objects({Attribute.LABEL: long_label, Attribute.ID: long_id})
+        assert obj[Attribute.COPYABLE] is False and obj[Attribute.DESTROYABLE] is True
+        expect_rv("CKR_ACTION_PROHIBITED", obj.copy, {Attribute.LABEL: "copy"})
+        obj.destroy()
     # Removal: every object of the distribution, found by label.
     with shared.session(rw=True) as s:
         for obj in list(s.get_objects({Attribute.LABEL: label})):
