@@ -619,3 +619,22 @@ def test_one_module_state_per_process(token: SoftHsmToken) -> None:
     private_keys, rv = report.split()
     assert private_keys == "1"  # logged in, through the parent's session
     assert int(rv) == CKR["CKR_CRYPTOKI_ALREADY_INITIALIZED"]
+
+
+def test_bad_configuration_fails_initialize(tmp_path: Path) -> None:
+    """What a provider meets with a wrong SOFTHSM2_CONF: C_Initialize fails with
+    CKR_GENERAL_ERROR (details go to syslog only), and nothing is created."""
+    missing_dir = tmp_path / "no-such-tokendir"
+    bad = tmp_path / "bad.conf"
+    bad.write_text(f"directories.tokendir = {missing_dir}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    probe = textwrap.dedent(f"""
+        import ctypes
+        print(ctypes.CDLL({softhsm.MODULE_PATH!r}).C_Initialize(None))
+    """)
+    for conf in (tmp_path / "no-such.conf", bad):
+        result = subprocess.run([PY, "-c", probe], env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert int(result.stdout) == CKR["CKR_GENERAL_ERROR"], conf
+        assert result.stderr == ""
+    assert not missing_dir.exists()
