@@ -849,10 +849,11 @@ async fn versions_are_imported_in_parallel_and_the_latest_last() {
     sorted.sort_unstable();
     assert_eq!(sorted, (1..=30).collect::<Vec<_>>(), "each version once");
     assert_eq!(order.last(), Some(&30), "the latest is imported last");
-    let state = h.provider.state();
-    assert_eq!(state.max_in_flight, 8, "bounded by the setting");
-    assert_eq!(state.current.last().map(|c| c.1), Some(30));
-    drop(state);
+    {
+        let state = h.provider.state();
+        assert_eq!(state.max_in_flight, 8, "bounded by the setting");
+        assert_eq!(state.current.last().map(|c| c.1), Some(30));
+    }
     let read = h.ok("read", "kms/az/key/k", Value::Null).await;
     assert_eq!(read["versions"].as_object().unwrap().len(), 30);
 
