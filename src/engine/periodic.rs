@@ -27,7 +27,7 @@ use super::distribution::Distribution;
 use super::keys::{Key, rfc3339_nano};
 use super::locks::LockKey;
 use super::pending::PendingPushes;
-use super::schedule::Entry;
+use super::schedule::{Entry, ceil_seconds};
 use super::state::KeyManagement;
 use crate::framework::Error;
 
@@ -135,7 +135,7 @@ impl KeyManagement {
         let started = Instant::now();
         let now = self.now();
         let limit = self.settings.periodic_max_keys;
-        let mut work = self.schedule.due(now.unix_timestamp(), limit).await?;
+        let mut work = self.schedule.due(ceil_seconds(now), limit).await?;
         if work.len() < limit {
             let pending = self.pending.list().await?;
             // Round robin: start after the key the last call stopped at, so

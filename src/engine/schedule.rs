@@ -36,7 +36,7 @@ pub struct Entry {
 }
 
 /// Whole seconds, rounded up: an entry never comes due before its key.
-fn ceil_seconds(at: OffsetDateTime) -> i64 {
+pub fn ceil_seconds(at: OffsetDateTime) -> i64 {
     at.unix_timestamp() + i64::from(at.nanosecond() > 0)
 }
 
@@ -128,9 +128,10 @@ impl ScheduleIndex {
         Ok(written)
     }
 
-    /// The entries due at `now` (Unix seconds), grouped by key, earliest
-    /// first, for at most `limit` keys. Only the hour folders up to now
-    /// are listed.
+    /// The entries due at `now` (Unix seconds, rounded up: an entry within
+    /// the current second may be listed, and its key then says whether it
+    /// is due yet), grouped by key, earliest first, for at most `limit`
+    /// keys. Only the hour folders up to now are listed.
     pub async fn due(&self, now: i64, limit: usize) -> Result<Vec<(String, Vec<Entry>)>, Error> {
         let now_bucket = now.div_euclid(BUCKET_SECONDS);
         let mut buckets: Vec<i64> = self
