@@ -102,7 +102,16 @@ impl KeyManagement {
         let mut next = PendingPushes::default();
         let mut failures = Vec::new();
         for (provider, result) in results {
-            let Err(err) = result else { continue };
+            let Err(err) = result else {
+                if previous
+                    .providers
+                    .get(provider)
+                    .is_some_and(|p| p.failed_attempts > 0)
+                {
+                    log::info!(key = key.name.as_str(), provider = provider.as_str(); "the provider holds every version of the key now");
+                }
+                continue;
+            };
             let mut push = previous
                 .providers
                 .get(provider)

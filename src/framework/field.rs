@@ -428,7 +428,10 @@ mod tests {
             FieldValue::Seconds(5400)
         );
         assert_eq!(f.coerce(&json!("1.5s")).unwrap(), FieldValue::Seconds(1));
-        assert_eq!(f.coerce(&json!("7d")).unwrap(), FieldValue::Seconds(604_800));
+        assert_eq!(
+            f.coerce(&json!("7d")).unwrap(),
+            FieldValue::Seconds(604_800)
+        );
         assert_eq!(f.coerce(&json!("")).unwrap(), FieldValue::Seconds(0));
         assert!(f.coerce(&json!("1 fortnight")).is_err());
         assert!(f.coerce(&json!("1d2h")).is_err());

@@ -197,7 +197,10 @@ async fn auto_rotate_period_is_checked_first_and_read_like_transit() {
     // Refused before anything else, with the field named: not even the
     // type (which is also wrong here) is looked at first.
     for (value, wanted) in [
-        (json!("abc"), "invalid value for field \"auto_rotate_period\""),
+        (
+            json!("abc"),
+            "invalid value for field \"auto_rotate_period\"",
+        ),
         (json!(-1), "auto_rotate_period must not be negative"),
         (
             json!("30m"),
@@ -271,10 +274,7 @@ async fn auto_rotate_period_is_checked_first_and_read_like_transit() {
                 json!({"auto_rotate_period": bad, "deletion_allowed": true}),
             )
             .await;
-        assert!(
-            status == 400 && msg.contains("auto_rotate_period"),
-            "{msg}"
-        );
+        assert!(status == 400 && msg.contains("auto_rotate_period"), "{msg}");
     }
     assert_eq!(m.raw("key/k").await, before);
     assert_eq!(m.entries().await, entries);
@@ -301,7 +301,8 @@ async fn rotates_when_due_and_at_most_once_per_period() {
         json!({"type": "ecdsa-p256", "auto_rotate_period": "2h"}),
     )
     .await;
-    m.ok("write", "key/off", json!({"type": "ecdsa-p256"})).await;
+    m.ok("write", "key/off", json!({"type": "ecdsa-p256"}))
+        .await;
     m.tick_at(T0 + 2 * HOUR - time::Duration::milliseconds(1))
         .await;
     assert_eq!(m.latest("k").await, 1, "not due yet");
@@ -455,7 +456,10 @@ async fn a_failed_push_is_retried_without_rotating_again() {
     m.tick_at(first + 2 * HOUR).await;
     let read = m.read("k").await;
     assert_eq!(read["latest_version"], 4);
-    assert_eq!(read["pending_pushes"]["az"]["missing_versions"], json!([3, 4]));
+    assert_eq!(
+        read["pending_pushes"]["az"]["missing_versions"],
+        json!([3, 4])
+    );
     assert_eq!(read["pending_pushes"]["az"]["failed_attempts"], 3);
     m.tick_at(first + 2 * HOUR + MINUTE).await;
     assert_eq!(m.imported(), [1, 2, 3, 4]);
@@ -664,9 +668,17 @@ async fn periodic_reads_only_due_keys_and_bounds_its_work() {
         3,
         "only the keys worked on are read"
     );
-    assert_eq!(scheduled_versions(&m).await, [2, 2, 2, 1, 1], "at most 3 per call");
+    assert_eq!(
+        scheduled_versions(&m).await,
+        [2, 2, 2, 1, 1],
+        "at most 3 per call"
+    );
     m.tick_at(T0 + HOUR + MINUTE).await;
-    assert_eq!(scheduled_versions(&m).await, [2, 2, 2, 2, 2], "the rest next call");
+    assert_eq!(
+        scheduled_versions(&m).await,
+        [2, 2, 2, 2, 2],
+        "the rest next call"
+    );
     assert_eq!(m.latest("later0000").await, 1);
     m.tick_at(T0 + 90 * MINUTE).await;
     let later: Vec<u64> = {
@@ -703,8 +715,12 @@ async fn more_failing_keys_than_one_call_takes_are_all_retried() {
     )
     .await;
     for key in ["a", "b", "c"] {
-        m.ok("write", &format!("key/{key}"), json!({"type": "ecdsa-p256"}))
-            .await;
+        m.ok(
+            "write",
+            &format!("key/{key}"),
+            json!({"type": "ecdsa-p256"}),
+        )
+        .await;
         m.ok(
             "write",
             &format!("kms/az/key/{key}"),
@@ -724,7 +740,11 @@ async fn more_failing_keys_than_one_call_takes_are_all_retried() {
     m.tick_at(T0 + MINUTE).await;
     assert_eq!(failed_attempts(&m).await, [Some(2), Some(2), Some(1)]);
     m.tick_at(T0 + 2 * MINUTE).await;
-    assert_eq!(failed_attempts(&m).await, [Some(3), Some(2), Some(2)], "round robin");
+    assert_eq!(
+        failed_attempts(&m).await,
+        [Some(3), Some(2), Some(2)],
+        "round robin"
+    );
     m.provider.state().fail_imports = 0;
     m.tick_at(T0 + 3 * MINUTE).await;
     m.tick_at(T0 + 4 * MINUTE).await;
