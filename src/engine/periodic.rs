@@ -97,8 +97,8 @@ impl KeyManagement {
                 .await;
             (provider, result)
         });
-        let results = join_all(pushes).await;
         let at = rfc3339_nano(self.now());
+        let results = join_all(pushes).await;
         let mut next = PendingPushes::default();
         let mut failures = Vec::new();
         for (provider, result) in results {
