@@ -138,9 +138,10 @@ def _settings() -> tuple[int, Path]:
 
 
 def _fresh_directory(directory: Path) -> None:
-    """Empty the run directory; refuse one this script did not make."""
+    """Empty the run directory; refuse one this script did not make (the default one always is)."""
     if directory.exists():
-        if not directory.is_dir() or (any(directory.iterdir()) and not (directory / MARKER).is_file()):
+        ours = directory == DEFAULT_DIR.resolve() or (directory / MARKER).is_file()
+        if not directory.is_dir() or (any(directory.iterdir()) and not ours):
             raise SystemExit(f"dev-server: {directory} is not a dev-server run directory; "
                              "set KEYMGMT_DEV_DIR to a new or empty one")
         shutil.rmtree(directory)
@@ -469,7 +470,7 @@ def aws_state(info: dict[str, Any], secret_key: str) -> list[dict[str, Any]]:
             meta = kms.describe_key(KeyId=entry["KeyId"])["KeyMetadata"]
             tags = {t["TagKey"]: t["TagValue"] for t in kms.list_resource_tags(KeyId=entry["KeyId"])["Tags"]}
             fingerprint = None
-            if meta["KeySpec"] != "SYMMETRIC_DEFAULT" and meta["KeyState"] in ("Enabled", "Disabled"):
+            if meta["KeySpec"] != "SYMMETRIC_DEFAULT" and meta["KeyState"] == "Enabled":  # AWS: DisabledException otherwise
                 der = kms.get_public_key(KeyId=entry["KeyId"])["PublicKey"]
                 fingerprint = _fingerprint_public(serialization.load_der_public_key(der))
             keys.append({"key_id": meta["KeyId"], "state": meta["KeyState"], "key_spec": meta["KeySpec"],
