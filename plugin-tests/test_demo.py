@@ -492,3 +492,39 @@ def test_demo_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port} is in use" in result.stderr and "KEYMGMT_DEV_PORT" in result.stderr, result.stderr
     assert "starting the demo clouds" not in result.stderr
     assert result.stdout == ""
+
+
+def test_demo_ctrl_c_while_starting_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C while LocalStack is still starting: the demo stops what it started, and exits 0."""
+    port = free_port(span=2)
+    env = {**user_env(), "KEYMGMT_DEV_PORT": str(port), "KEYMGMT_DEV_DIR": str(tmp_path / "dev")}
+    with open(tmp_path / "stderr", "wb") as err:
+        proc = subprocess.Popen([str(DEV_SERVER), "--demo", "--no-build"], cwd=ROOT, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    try:
+        def localstack_starting() -> list[int]:
+            # Only once the set-up scripts are done (the line below comes from dev_server.py):
+            # a SIGINT there is theirs to handle, and interrupting a venv check is not this test's subject.
+            if "starting the demo clouds" not in (tmp_path / "stderr").read_text():
+                return []
+            pids = descendants(proc.pid)
+            return [p for p in pids
+                    if "localstack.runtime.main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+
+        assert wait_for(localstack_starting, timeout=30), (tmp_path / "stderr").read_text()
+        processes = descendants(proc.pid)
+        # Still starting: nothing printed to paste, the server not yet up.
+        assert READY not in (tmp_path / "stderr").read_text()
+        assert stop_demo(proc, timeout=20) == 0, (tmp_path / "stderr").read_text()
+    finally:
+        if proc.poll() is None:
+            stop_demo(proc)
+    assert wait_for(lambda: not [p for p in processes if alive(p)], timeout=10), [p for p in processes if alive(p)]
+    assert port_free(port) and port_free(port + 1)
+    stderr = (tmp_path / "stderr").read_text()
+    assert "dev-server: stopped" in stderr and "Traceback" not in stderr, stderr
+    demo_dir = tmp_path / "dev" / "demo"
+    assert demo_dir.is_dir()
+    assert not [f for f in ("azure-client-secret", "aws-secret-key", "gcp-service-account.json")
+                if (demo_dir / f).exists()]
