@@ -389,7 +389,6 @@ class DemoClouds:
         binary = srv.plugin_dir / PLUGIN_NAME
         digest = hashlib.sha256(binary.read_bytes()).hexdigest()
         localstack_version = self.localstack.health().get("version", "?")
-        show = ROOT / "scripts" / "dev-server"
         return f"""
 keymgmt demo: every cloud runs on 127.0.0.1; no cloud account is used or reached.
 
@@ -414,16 +413,17 @@ AZURE_AUTHORITY_HOST, KEYMGMT_AZURE_CA_FILE, AWS_KMS_ENDPOINT,
 KEYMGMT_GCP_KMS_ENDPOINT, KEYMGMT_GCP_CA_FILE. The commands are the ones you
 would type against the real clouds; the secrets stay in files in $KEYMGMT_DEMO.
 
-In another terminal, export the three lines above, then run the README's
-workflow ("Try it without a cloud account"), one step at a time:
+In another terminal, in this checkout ({ROOT}), paste the three export
+lines above, then the README's workflow ("Try it without a cloud account"),
+one step at a time:
 
 {DEMO_COMMANDS}
 What the clouds hold, at any moment:
-  {show} --show            every cloud, with the fingerprints to compare
-                                         with `vault read keymgmt/key/example-key`
-  {self.dir / STATE_FILE}   the Azure and GCP fakes (JSON, after every request)
-  {self.dir / REQUEST_LOG}      every request the fakes served
-  {self.localstack.log_path}
+  scripts/dev-server --show        each cloud's copies, with the fingerprints
+                                   that `vault read keymgmt/key/example-key` shows
+  $KEYMGMT_DEMO/fakes-state.json   the Azure and GCP fakes (JSON, after every request)
+  $KEYMGMT_DEMO/requests.log       every request the fakes served (no headers or bodies)
+  $KEYMGMT_DEMO/localstack/localstack.log
 """
 
     def stop(self) -> None:
@@ -491,7 +491,15 @@ def show(as_json: bool) -> int:
         print(f"dev-server --show: no running demo in {directory} ({error.strerror}); "
               "start one with scripts/dev-server --demo", file=sys.stderr)
         return 1
-    state = {**fakes_state, "aws": {"keys": aws_state(info["aws"], secret_key)}}
+    import botocore.exceptions
+
+    try:
+        aws_keys = aws_state(info["aws"], secret_key)
+    except botocore.exceptions.EndpointConnectionError:
+        print(f"dev-server --show: LocalStack does not answer at {info['aws']['endpoint']}; "
+              "is the demo still running?", file=sys.stderr)
+        return 1
+    state = {**fakes_state, "aws": {"keys": aws_keys}}
     if as_json:
         print(json.dumps(state, indent=2))
         return 0
@@ -508,12 +516,13 @@ def show(as_json: bool) -> int:
     for key in state["aws"]["keys"]:
         lines.append(f"  {key['key_id']}  {key['state']:15} {key['key_spec']:17} version="
                      f"{key['tags'].get('keymgmt:version', '?'):3} {' '.join(key['aliases']) or '-'}"
-                     f"  {key['fingerprint'] or ''}".rstrip())
+                     f"  {key['fingerprint'] or '(no public key while not enabled)'}")
     lines.append(f"Google Cloud KMS (simulated, {info['gcp']['kms_url']}):")
     for name, key in state["gcp"]["crypto_keys"].items():
-        lines.append(f"  {name.rsplit('/', 1)[-1]}  {key['purpose']}  {key['algorithm']}  primary={key['primary']}")
+        primary = f"  primary={key['primary']}" if key["primary"] else ""
+        lines.append(f"  {name.rsplit('/', 1)[-1]}  {key['purpose']}  {key['algorithm']}{primary}")
         for v in key["versions"]:
-            lines.append(f"    {v['id']:3} {v['state']:17} {v['fingerprint'] or ''}")
+            lines.append(f"    {v['id']:3} {v['state']:17} {v['fingerprint'] or '(destroyed)'}")
     for cloud in ("azure", "gcp"):
         for failure in state[cloud]["validation_failures"]:
             lines.append(f"{cloud} fake REJECTED {failure['method']} {failure['path']}: {failure['message']}")
