@@ -550,16 +550,16 @@ impl AzureImport<'_> {
     /// time, the latest version tells.
     async fn earlier(&self, request: &ImportRequest<'_>) -> Result<Option<String>, ProviderError> {
         let (provider, name) = (self.provider, &self.target.name);
-        if self.parallel.load(Ordering::SeqCst) || request.resume {
-            if let Some(tagged) = self.listing().await? {
-                let vault = &provider.vault;
-                return vault
-                    .call(Op::Get, |_| {
-                        provider.find_tagged(name, tagged, request.version, request.material)
-                    })
-                    .await
-                    .map(Option::flatten);
-            }
+        if (self.parallel.load(Ordering::SeqCst) || request.resume)
+            && let Some(tagged) = self.listing().await?
+        {
+            let vault = &provider.vault;
+            return vault
+                .call(Op::Get, |_| {
+                    provider.find_tagged(name, tagged, request.version, request.material)
+                })
+                .await
+                .map(Option::flatten);
         }
         provider
             .existing(self.target, request.version, request.material)
