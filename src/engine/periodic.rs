@@ -13,7 +13,7 @@
 //! Each call does a bounded amount of work: at most
 //! `Settings::periodic_max_keys` keys, `Settings::periodic_concurrency` at
 //! once, and none started after `Settings::periodic_budget`; the rest waits
-//! for the next call.
+//! for the next call, as does a key whose lock a request holds.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -209,7 +209,12 @@ impl KeyManagement {
     /// One key's periodic work: rotate it if due, drop stale schedule
     /// entries, push what its providers lack.
     async fn tend(&self, name: &str, listed: &[Entry], now: OffsetDateTime) -> Result<(), Error> {
-        let _guard = self.locks.lock(LockKey::key(name)).await;
+        // A key a request is working on (a long distribution, say) waits
+        // for the next call rather than holding up this one.
+        let Some(_guard) = self.locks.try_lock(LockKey::key(name)) else {
+            log::debug!(key = name; "the key is busy; its periodic work waits for the next call");
+            return Ok(());
+        };
         let Some(mut key) = self.keys.get(name).await? else {
             for entry in listed {
                 self.schedule.delete_stale(entry).await;

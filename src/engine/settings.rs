@@ -26,7 +26,7 @@ pub const MAX_ROTATE_PERIOD: Duration = Duration::from_secs(9_223_372_036);
 /// Keys the periodic call works on at once.
 pub const PERIODIC_CONCURRENCY: usize = 8;
 /// Keys one periodic call works on at most; the rest wait for the next.
-pub const PERIODIC_MAX_KEYS: usize = 256;
+pub const PERIODIC_MAX_KEYS: usize = 1000;
 /// No key's work starts later than this into a periodic call, well within
 /// the host's 90 s deadline for it.
 pub const PERIODIC_BUDGET: Duration = Duration::from_secs(40);

@@ -752,3 +752,31 @@ async fn more_failing_keys_than_one_call_takes_are_all_retried() {
     let state = m.provider.state();
     assert!(state.keys.values().all(|v| v.len() == 2), "one copy each");
 }
+
+#[tokio::test]
+async fn a_busy_key_waits_for_the_next_call() {
+    let m = Mount::new(Settings::default()).await;
+    for key in ["busy", "free"] {
+        m.ok(
+            "write",
+            &format!("key/{key}"),
+            json!({"type": "aes256-gcm96", "auto_rotate_period": "1h"}),
+        )
+        .await;
+    }
+    let held = m
+        .backend
+        .state()
+        .locks
+        .lock(super::super::locks::LockKey::key("busy"))
+        .await;
+    m.tick_at(T0 + HOUR).await;
+    assert_eq!(
+        (m.latest("busy").await, m.latest("free").await),
+        (1, 2),
+        "the call did not wait for the busy key"
+    );
+    drop(held);
+    m.tick_at(T0 + HOUR + MINUTE).await;
+    assert_eq!(m.latest("busy").await, 2);
+}
