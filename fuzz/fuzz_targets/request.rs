@@ -299,7 +299,7 @@ const SEEDED: [(&str, &str); 6] = [
     ),
     (
         "kms/azure",
-        r#"{"provider":"azurekeyvault","key_collection":"vault1","credentials":{"tenant_id":"tenant","client_id":"client","client_secret":"S3CR3T-azure-client-secret"}}"#,
+        r#"{"provider":"azurekeyvault","key_collection":"vault1","credentials":{"tenant_id":"11111111-2222-3333-4444-555555555555","client_id":"00000000-0000-0000-0000-000000000001","client_secret":"S3CR3T-azure-client-secret"}}"#,
     ),
     (
         "kms/gcp",
@@ -375,8 +375,7 @@ fn initial() -> &'static Initial {
     })
 }
 
-async fn run(text: &str) {
-    let initial = initial();
+async fn run(initial: &Initial, text: &str) {
     let storage = InMemoryStorage::new();
     for (key, value) in &initial.state {
         storage
@@ -447,5 +446,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    runtime().block_on(run(text));
+    // Made outside the runtime: `initial` blocks on it the first time.
+    let initial = initial();
+    runtime().block_on(run(initial, text));
 });

@@ -24,13 +24,14 @@ use vault_plugin_secrets_keymgmt::framework::Error;
 use vault_plugin_secrets_keymgmt::runtime::storage::{InMemoryStorage, Storage, StorageEntry};
 use zeroize::Zeroizing;
 
-fn storage_with(key: &str, value: &[u8]) -> Arc<InMemoryStorage> {
+async fn storage_with(key: &str, value: &[u8]) -> Arc<InMemoryStorage> {
     let storage = Arc::new(InMemoryStorage::new());
-    runtime()
-        .block_on(storage.put(StorageEntry {
+    storage
+        .put(StorageEntry {
             key: key.to_owned(),
             value: Zeroizing::new(value.to_vec()),
-        }))
+        })
+        .await
         .unwrap();
     storage
 }
@@ -98,7 +99,7 @@ fn same_key(a: &Key, b: &Key) {
 }
 
 async fn key_record(input: &[u8]) {
-    let storage = storage_with("key/k", input);
+    let storage = storage_with("key/k", input).await;
     let key = match KeyStore::new(storage).get("k").await {
         Ok(Some(key)) => key,
         Ok(None) => panic!("a stored key was not found"),
@@ -140,7 +141,7 @@ async fn key_record(input: &[u8]) {
 }
 
 async fn provider_record(input: &[u8]) {
-    let storage = storage_with("kms/p", input);
+    let storage = storage_with("kms/p", input).await;
     let config = match ProviderStore::new(storage).get("p").await {
         Ok(Some(config)) => config,
         Ok(None) => panic!("a stored provider was not found"),
@@ -163,7 +164,7 @@ async fn provider_record(input: &[u8]) {
 }
 
 async fn distribution_record(input: &[u8]) {
-    let storage = storage_with("distribution/p/k", input);
+    let storage = storage_with("distribution/p/k", input).await;
     let record = match DistributionStore::new(storage).get("p", "k").await {
         Ok(Some(record)) => record,
         Ok(None) => panic!("a stored distribution was not found"),
