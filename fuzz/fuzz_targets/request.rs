@@ -431,8 +431,10 @@ async fn run(initial: &Initial, text: &str) {
                 &found
             }
         };
-        for reply in &replies {
-            for needle in needles {
+        // A needle the input itself holds may come back in an echo of the
+        // input (an unknown field's name, say): that reveals nothing.
+        for needle in needles.iter().filter(|n| !text.contains(n.as_str())) {
+            for reply in &replies {
                 assert!(
                     !reply.contains(needle.as_str()),
                     "key material in a reply: {reply}"

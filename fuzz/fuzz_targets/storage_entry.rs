@@ -6,9 +6,10 @@
 //! Input: one byte choosing the record kind (key, provider, distribution),
 //! then the stored bytes.
 //!
-//! Properties: no panic; an unreadable record is a 500 that shows no key
-//! material; a record that decodes is written back and read again to the
-//! same value, and writing that again gives the same bytes.
+//! Properties: no panic; an unreadable record is a 500 that shows none of
+//! its key material or credentials; a record that decodes is written back
+//! and read again to the same value, and writing that again gives the same
+//! bytes.
 
 #![no_main]
 
@@ -46,18 +47,24 @@ async fn raw(storage: &InMemoryStorage, key: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// Every "material" string in a JSON document, wherever it is.
-fn materials(v: &Value, out: &mut Vec<String>) {
+/// Every secret in a JSON document, wherever it is: "material" strings and
+/// every string (key or value) inside "credentials". Only long ones: a short
+/// string may be part of the error's own wording, while real material and
+/// credentials are long.
+fn secrets(v: &Value, inside: bool, out: &mut Vec<String>) {
+    const MIN: usize = 16;
     match v {
+        Value::String(s) if inside && s.len() >= MIN => out.push(s.clone()),
         Value::Object(map) => {
             for (k, v) in map {
-                match v {
-                    Value::String(s) if k == "material" && s.len() >= 8 => out.push(s.clone()),
-                    other => materials(other, out),
+                if inside && k.len() >= MIN {
+                    out.push(k.clone());
                 }
+                let secret = inside || k == "material" || k == "credentials";
+                secrets(v, secret, out);
             }
         }
-        Value::Array(items) => items.iter().for_each(|i| materials(i, out)),
+        Value::Array(items) => items.iter().for_each(|i| secrets(i, inside, out)),
         _ => {}
     }
 }
@@ -68,11 +75,11 @@ fn check_unreadable(err: &Error, input: &[u8]) {
     };
     if let Ok(doc) = serde_json::from_slice::<Value>(input) {
         let mut found = Vec::new();
-        materials(&doc, &mut found);
+        secrets(&doc, false, &mut found);
         for m in found {
             assert!(
                 !message.contains(&m),
-                "key material in the error: {message}"
+                "a secret of the record in the error: {message}"
             );
         }
     }
