@@ -192,8 +192,9 @@ pub struct ImportRequest<'a> {
     /// provider without Vault hearing back: look for it before creating.
     pub resume: bool,
     /// The provider ids Vault has recorded for the target's other
-    /// versions: a provider-side version not among them can only be the
-    /// one an interrupted attempt made.
+    /// versions. In a session that imports one version at a time, a
+    /// provider-side version not among them can only be the one an
+    /// interrupted attempt made.
     pub recorded: &'a [String],
 }
 
@@ -260,6 +261,16 @@ pub trait ImportSession: Send + Sync {
     /// id returned, never duplicated.
     async fn import(&self, request: ImportRequest<'_>) -> Result<String, ProviderError>;
 
+    /// How many of `versions` imports may run at once. More than one only
+    /// where an interrupted import can be told apart from the others in
+    /// flight (by a per-version tag or id), because a retry must find it
+    /// instead of importing the version twice. Asked before a batch of
+    /// several imports; it may call the provider. The engine imports the
+    /// latest version after the batch, alone, so that it is the newest.
+    async fn concurrency(&self, _versions: usize) -> Result<usize, ProviderError> {
+        Ok(1)
+    }
+
     /// Whether a call that may have created or changed something of the
     /// target in the provider was sent. The engine keeps no record of a
     /// failed distribution that touched nothing.
@@ -276,6 +287,14 @@ pub trait ImportSession: Send + Sync {
 pub trait KmsProvider: Send + Sync {
     /// Starts an import run for `target`.
     fn begin_import<'a>(&'a self, target: &'a Target) -> Box<dyn ImportSession + 'a>;
+
+    /// Whether `target.name` may be given to a new key: false when the
+    /// provider still holds a deleted key under it (Azure's soft delete).
+    /// Asked before the first import of a distribution; the engine then
+    /// picks another name.
+    async fn name_available(&self, _target: &Target) -> Result<bool, ProviderError> {
+        Ok(true)
+    }
 
     /// Makes `latest` the version applications get when they name the key
     /// (an AWS alias, a GCP primary version). Called after every run of
