@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import hashlib
 import json
 import re
 import subprocess
@@ -25,7 +26,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness import MOUNT, BaoServer, cli, http, read_key, register_secret
+from harness import MOUNT, BaoServer, cli, http, read_key, register_secret, stored_material
 
 FreshServer = Callable[[], BaoServer]
 
@@ -152,10 +153,14 @@ def check_key(
     for version in versions.values():
         parse_time(version["creation_time"])
         if KEY_TYPES[key_type] is None:
-            assert set(version) == {"creation_time"}, version
+            assert set(version) == {"creation_time", "fingerprint"}, version
+            assert re.fullmatch(r"kcv:[0-9a-f]{6}", version["fingerprint"]), version
         else:
-            assert set(version) == {"creation_time", "public_key"}, version
+            assert set(version) == {"creation_time", "fingerprint", "public_key"}, version
             check_public_key(version["public_key"], key_type)
+            spki = serialization.load_pem_public_key(version["public_key"].encode()).public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            assert version["fingerprint"] == "sha256:" + hashlib.sha256(spki).hexdigest(), version
     return versions
 
 
@@ -197,6 +202,38 @@ def test_create_each_type_reads_back_exact_shape(
     # hvac and raw HTTP see the same thing as the CLI.
     assert client.read(f"{MOUNT}/key/{name}")["data"] == data
     assert read_key_http(server, name) == data
+
+
+# The README's commands, run as an operator would: the fingerprint a read shows
+# is what openssl computes from the version's public key (asymmetric) or from
+# the key itself (AES, whose key check value an HSM reports).
+OPENSSL_SPKI_SHA256 = "openssl pkey -pubin -in {pem} -outform DER | openssl dgst -sha256 -r"
+OPENSSL_KCV = "head -c 16 /dev/zero | openssl enc -aes-256-ecb -nopad -K {key} | head -c 3 | od -An -tx1"
+
+
+@pytest.mark.parametrize("key_type", list(KEY_TYPES))
+def test_fingerprints_are_what_openssl_computes(
+    server: BaoServer, name: str, key_type: str, tmp_path: Any
+) -> None:
+    create_key(server, name, key_type)
+    rotate(server, name)
+    data = json.loads(cli(server, "read", "-format=json", f"{MOUNT}/key/{name}").stdout)["data"]
+    fingerprints = {n: v["fingerprint"] for n, v in data["versions"].items()}
+    assert len(set(fingerprints.values())) == 2, fingerprints
+    for n, version in data["versions"].items():
+        if KEY_TYPES[key_type] is None:
+            key = stored_material(server, name, int(n)).hex()
+            command = OPENSSL_KCV.format(key=key)
+            prefix = "kcv:"
+        else:
+            pem = tmp_path / f"v{n}.pem"
+            pem.write_text(version["public_key"])
+            command = OPENSSL_SPKI_SHA256.format(pem=pem)
+            prefix = "sha256:"
+        out = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True,
+                             text=True, check=True).stdout
+        theirs = "".join(out.split()).removesuffix("*stdin")
+        assert version["fingerprint"] == prefix + theirs, (n, out)
 
 
 def test_default_type_is_rsa_2048(server: BaoServer, name: str) -> None:

@@ -230,6 +230,28 @@ impl KeyMaterial {
             .map(|der| pem_encode("PUBLIC KEY", der))
     }
 
+    /// A fingerprint that identifies the key without revealing it, so that
+    /// an operator can check a provider's copy independently:
+    /// - asymmetric keys: `sha256:<hex>`, the SHA-256 of the
+    ///   SubjectPublicKeyInfo DER (`openssl pkey -pubin -outform DER |
+    ///   openssl dgst -sha256` of the version's `public_key`);
+    /// - AES: `kcv:<hex>`, the key check value: the first 3 bytes of the
+    ///   AES-ECB encryption of a zero block under the key, as HSMs report it
+    ///   in `CKA_CHECK_VALUE`.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        match &self.public_der {
+            Some(spki) => format!("sha256:{}", hex(&sha2::Sha256::digest(spki))),
+            None => {
+                use aes::cipher::{BlockEncrypt, KeyInit};
+                let cipher = aes::Aes256::new(self.secret.as_slice().into());
+                let mut block = aes::Block::default();
+                cipher.encrypt_block(&mut block);
+                format!("kcv:{}", hex(&block[..3]))
+            }
+        }
+    }
+
     /// The private key as a JWK, for Azure's non-HSM import (key-transfer
     /// reference §3.4), which takes the key in the clear over TLS.
     ///
@@ -408,6 +430,10 @@ impl fmt::Debug for OctJwk {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn ecdsa_alg(curve: EcCurve) -> &'static EcdsaSigningAlgorithm {
     match curve {
         EcCurve::P256 => &ECDSA_P256_SHA256_ASN1_SIGNING,
@@ -555,6 +581,40 @@ mod tests {
         URL_SAFE_NO_PAD
             .decode(s)
             .expect("base64url without padding")
+    }
+
+    #[test]
+    fn fingerprints_match_openssl() {
+        let dir = TempDir::new();
+        for key_type in KeyType::ALL {
+            let material = sample(key_type);
+            let ours = material.fingerprint();
+            let theirs = match material.public_key_pem() {
+                Some(pem) => {
+                    let pem = dir.write("pub.pem", pem.as_bytes());
+                    let der = pem.with_extension("der");
+                    let (pem, der) = (pem.to_str().unwrap(), der.to_str().unwrap());
+                    openssl(&["pkey", "-pubin", "-in", pem, "-outform", "DER", "-out", der]);
+                    let digest = openssl(&["dgst", "-sha256", "-binary", der]);
+                    format!("sha256:{}", hex(&digest))
+                }
+                None => {
+                    let zero = dir.write("zero.bin", &[0u8; 16]);
+                    let key_hex = hex(material.as_bytes());
+                    let block = openssl(&[
+                        "enc",
+                        "-aes-256-ecb",
+                        "-K",
+                        &key_hex,
+                        "-nopad",
+                        "-in",
+                        zero.to_str().unwrap(),
+                    ]);
+                    format!("kcv:{}", hex(&block[..3]))
+                }
+            };
+            assert_eq!(ours, theirs, "{key_type}");
+        }
     }
 
     /// Independent PEM decoding for the tests: checks Go's layout strictly.

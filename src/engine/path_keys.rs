@@ -202,6 +202,7 @@ pub fn key_data(key: &Key) -> Map<String, Value> {
         .map(|(n, v)| {
             let mut version = Map::new();
             version.insert("creation_time".into(), v.creation_time.clone().into());
+            version.insert("fingerprint".into(), v.material.fingerprint().into());
             if let Some(pem) = &v.public_key {
                 version.insert("public_key".into(), pem.clone().into());
             }
