@@ -68,6 +68,7 @@ pub enum Call {
     CreateObject,
     SetAttributeValue,
     DestroyObject,
+    GenerateKeyPair,
 }
 
 impl Call {
@@ -86,6 +87,7 @@ impl Call {
             Self::CreateObject => "C_CreateObject",
             Self::SetAttributeValue => "C_SetAttributeValue",
             Self::DestroyObject => "C_DestroyObject",
+            Self::GenerateKeyPair => "C_GenerateKeyPair",
         }
     }
 }
@@ -196,6 +198,12 @@ pub trait TokenSession {
     fn set_attributes(&self, object: ObjectHandle, template: &[Attribute])
     -> Result<(), ApiError>;
     fn destroy(&self, object: ObjectHandle) -> Result<(), ApiError>;
+    /// `C_GenerateKeyPair` of the RSA unwrapping key: (public, private).
+    fn generate_unwrapping_key(
+        &self,
+        public: &[Attribute],
+        private: &[Attribute],
+    ) -> Result<(ObjectHandle, ObjectHandle), ApiError>;
 }
 
 /// A real session.
@@ -251,6 +259,16 @@ impl TokenSession for Live<'_> {
         self.0
             .destroy_object(object)
             .map_err(|e| call_error(Call::DestroyObject, &e))
+    }
+
+    fn generate_unwrapping_key(
+        &self,
+        public: &[Attribute],
+        private: &[Attribute],
+    ) -> Result<(ObjectHandle, ObjectHandle), ApiError> {
+        self.0
+            .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, public, private)
+            .map_err(|e| call_error(Call::GenerateKeyPair, &e))
     }
 }
 
