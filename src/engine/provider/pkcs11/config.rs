@@ -98,11 +98,12 @@ pub fn choose_module(requested: Option<&str>, env: Env) -> Result<PathBuf, Strin
     let Some(module) = requested else {
         return Ok(allowed[0].1.clone());
     };
-    let canonical = std::fs::canonicalize(module)
-        .map_err(|e| format!("{}: the module cannot be found: {e}", quote(module)))?;
+    // A path that does not resolve is not in the list either; the answer
+    // is the same, so that callers cannot probe which files exist.
+    let canonical = std::fs::canonicalize(module).ok();
     allowed
         .iter()
-        .find(|(_, c)| *c == canonical)
+        .find(|(_, c)| Some(c) == canonical.as_ref())
         .map(|(_, c)| c.clone())
         .ok_or_else(|| {
             format!(

@@ -33,6 +33,8 @@ pub mod client;
 pub mod config;
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+mod softhsm;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -143,6 +145,8 @@ pub struct Pkcs11Kms {
     /// the import log line.
     token_micros: Arc<AtomicU64>,
     wrap_micros: Arc<AtomicU64>,
+    /// Set once the token refused RSA-OAEP with SHA-256: SHA-1 from then on.
+    oaep_sha1: Arc<AtomicBool>,
     #[cfg(test)]
     faults: Option<Arc<fake::Faults>>,
 }
@@ -544,15 +548,38 @@ fn unwrapping_key(
     token: &str,
 ) -> Result<(ObjectHandle, RsaPublicKey), ApiError> {
     let setup = |message: String| refusal(ErrorClass::Invalid, "unwrapping key", message);
-    let label = UNWRAP_LABEL.as_bytes().to_vec();
-    let private = s.find(&[
-        Attribute::Class(ObjectClass::PRIVATE_KEY),
-        Attribute::Label(label.clone()),
-    ])?;
-    let public = s.find(&[
-        Attribute::Class(ObjectClass::PUBLIC_KEY),
-        Attribute::Label(label),
-    ])?;
+    let find = || -> Result<(Vec<ObjectHandle>, Vec<ObjectHandle>), ApiError> {
+        let label = UNWRAP_LABEL.as_bytes().to_vec();
+        let private = s.find(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.clone()),
+        ])?;
+        let public = s.find(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Label(label),
+        ])?;
+        Ok((private, public))
+    };
+    let (mut private, mut public) = find()?;
+    if private.is_empty() && public.is_empty() {
+        // None yet: generate it in the token, once per process at a time
+        // (a search under the lock sees what another import made).
+        let _one = lock_generation();
+        (private, public) = find()?;
+        if private.is_empty() && public.is_empty() {
+            // Not the target's object: a failed import that made only
+            // this key has touched nothing of the distribution.
+            let (public_key, private_key) = s.generate_unwrapping_key(
+                &unwrap_public_template(),
+                &unwrap_private_template(),
+            )?;
+            log::info!(
+                "pkcs11: generated the RSA-{GENERATED_UNWRAP_BITS} unwrapping key {UNWRAP_LABEL:?} in token {}",
+                quote(token)
+            );
+            (private, public) = (vec![private_key], vec![public_key]);
+        }
+    }
     let (&[private], &[public]) = (private.as_slice(), public.as_slice()) else {
         return Err(setup(format!(
             "token {} must hold exactly one RSA key pair labelled {UNWRAP_LABEL:?} (found {} private, {} public keys); generate it in the token as the README shows",
@@ -619,6 +646,60 @@ fn unwrapping_key(
         )));
     }
     Ok((private, public_key))
+}
+
+/// Size of an unwrapping key the provider generates itself.
+pub const GENERATED_UNWRAP_BITS: u64 = 3072;
+
+fn lock_generation() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn unwrap_id() -> Vec<u8> {
+    UNWRAP_LABEL.as_bytes().to_vec()
+}
+
+/// The public half of a generated unwrapping key: it may wrap (Vault
+/// wraps in software with it, read from here) and encrypt, nothing else.
+fn unwrap_public_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(CkKeyType::RSA),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Label(UNWRAP_LABEL.as_bytes().to_vec()),
+        Attribute::Id(unwrap_id()),
+        Attribute::ModulusBits(GENERATED_UNWRAP_BITS.into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Wrap(true),
+        Attribute::Encrypt(true),
+        Attribute::Verify(false),
+        Attribute::VerifyRecover(false),
+        Attribute::Derive(false),
+    ]
+}
+
+/// The private half: sensitive, never extractable, `CKA_UNWRAP` only.
+fn unwrap_private_template() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(CkKeyType::RSA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Copyable(false),
+        Attribute::Label(UNWRAP_LABEL.as_bytes().to_vec()),
+        Attribute::Id(unwrap_id()),
+        Attribute::Unwrap(true),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::SignRecover(false),
+        Attribute::Derive(false),
+    ]
 }
 
 /// The ephemeral AES key of the first unwrap: a session object that can
@@ -838,6 +919,7 @@ impl Pkcs11Kms {
             retry: settings.retry,
             token_micros: Arc::default(),
             wrap_micros: Arc::default(),
+            oaep_sha1: Arc::default(),
             #[cfg(test)]
             faults: None,
         })
@@ -940,7 +1022,6 @@ struct Pkcs11Import<'a> {
     provider: &'a Pkcs11Kms,
     target: &'a Target,
     touched: Arc<AtomicBool>,
-    oaep_sha1: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -971,7 +1052,7 @@ impl ImportSession for Pkcs11Import<'_> {
             token: provider.token_label(),
             touched: self.touched.clone(),
             wrap_micros: provider.wrap_micros.clone(),
-            oaep_sha1: self.oaep_sha1.clone(),
+            oaep_sha1: provider.oaep_sha1.clone(),
         });
         provider
             .call("importing a version", move |s| job.run(s))
@@ -1007,7 +1088,6 @@ impl KmsProvider for Pkcs11Kms {
             provider: self,
             target,
             touched: Arc::default(),
-            oaep_sha1: Arc::default(),
         })
     }
 
