@@ -20,7 +20,8 @@
 //! - `C_GetTokenInfo` fails now and then (`CKR_GENERAL_ERROR`, or the token
 //!   missing) while another process logs in to the token, since SoftHSM
 //!   rewrites its token file on every login: the slot is looked up once
-//!   and kept, and such a lookup is repeated.
+//!   and kept, such a lookup is repeated, and when the token stays
+//!   unreadable the module is initialised again once (as for a new token).
 //!
 //! Blocking calls only: the provider runs them on tokio's blocking pool.
 
@@ -445,6 +446,13 @@ impl Module {
                         ),
                     ));
                 }
+                Err(Acquire::Unreadable(err)) => {
+                    drop(state);
+                    if attempt == 0 && self.reinitialize()? {
+                        continue;
+                    }
+                    return Err(err);
+                }
                 Err(Acquire::Failed(err)) => return Err(err),
             }
         }
@@ -487,6 +495,9 @@ struct Inner {
 enum Acquire {
     /// The labels the module has instead.
     Missing(Vec<String>),
+    /// A token stayed unreadable: SoftHSM keeps a token it read while
+    /// another process rewrote its file broken until `C_Initialize`.
+    Unreadable(ApiError),
     Failed(ApiError),
 }
 
@@ -545,7 +556,7 @@ impl TokenState {
             }
             match failed {
                 // One token was unreadable: it may be ours.
-                Some(err) if err.class.transient() => last = Some(Acquire::Failed(err)),
+                Some(err) if err.class.transient() => last = Some(Acquire::Unreadable(err)),
                 Some(err) => return Err(Acquire::Failed(err)),
                 None => return Err(Acquire::Missing(labels)),
             }
