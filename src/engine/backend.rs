@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use super::keys::KEY_PREFIX;
 use super::kms::KMS_PREFIX;
+use super::provider::client::process_env;
 use super::provider::{ProviderConnector, RegistryConnector};
+use super::settings::Settings;
 use super::state::KeyManagement;
 use super::{path_distribution, path_keys, path_kms};
 use crate::framework::{Backend, BackendInfo, Path};
@@ -37,7 +39,7 @@ pub fn backend(
     framework_backend(KeyManagement::new(storage, connector))
 }
 
-fn framework_backend(engine: KeyManagement) -> Backend<KeyManagement> {
+pub(super) fn framework_backend(engine: KeyManagement) -> Backend<KeyManagement> {
     let special = pb::Paths {
         // Key material and provider credentials get seal wrapping where
         // the server offers it (Vault Enterprise; OpenBao has none).
@@ -52,7 +54,9 @@ pub struct Factory;
 
 impl BackendFactory for Factory {
     fn create(&self, config: BackendConfig) -> Result<Arc<dyn LogicalBackend>, String> {
+        let settings = Settings::from_env(&process_env)?;
         let engine = KeyManagement::new(config.storage, Arc::new(RegistryConnector))
+            .with_settings(settings)
             .with_system(config.system.clone());
         Ok(Arc::new(
             framework_backend(engine).with_system(config.system),

@@ -12,6 +12,7 @@ pub mod path_keys;
 pub mod path_kms;
 pub mod propagate;
 pub mod provider;
+pub mod settings;
 pub mod state;
 pub mod wrap;
 

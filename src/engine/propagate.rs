@@ -9,6 +9,10 @@
 //! duplicating anything. A distribution that fails before anything reached
 //! the provider leaves no record at all.
 
+use std::collections::BTreeSet;
+
+use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use time::OffsetDateTime;
 
 use super::distribution::Distribution;
@@ -17,6 +21,17 @@ use super::provider::{ImportRequest, ImportSession, Protection, Purpose, Version
 use super::state::KeyManagement;
 use crate::framework::Error;
 use crate::framework::error::quote;
+
+/// What every import of one run shares.
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    session: &'a dyn ImportSession,
+    provider: &'a str,
+    key: &'a Key,
+    /// Versions an earlier attempt started.
+    resumed: &'a BTreeSet<u32>,
+    context: &'a str,
+}
 
 /// The desired state of every recorded version.
 fn version_states<'a>(key: &'a Key, record: &'a Distribution) -> Vec<VersionState<'a>> {
@@ -94,8 +109,11 @@ impl KeyManagement {
         Ok(record)
     }
 
-    /// Imports, in order, every version the record does not hold yet,
-    /// recording each as soon as the provider has it.
+    /// Imports every version the record does not hold yet, recording each
+    /// as soon as the provider has it. Up to `concurrency` imports run at
+    /// once; the latest version goes last and alone, so that it is the
+    /// newest in the provider. They are all marked started first, in one
+    /// write, so that a retry looks for whatever any of them left.
     async fn import_missing(
         &self,
         session: &dyn ImportSession,
@@ -104,47 +122,133 @@ impl KeyManagement {
         record: &mut Distribution,
         context: &str,
     ) -> Result<(), Error> {
-        for (number, version) in &key.versions {
-            if record.versions.contains_key(number) {
-                continue;
-            }
-            let resume = !record.started.insert(*number);
-            if !resume {
-                self.distributions.put(provider, &key.name, record).await?;
-            }
-            let recorded: Vec<String> = record.versions.values().cloned().collect();
-            let request = ImportRequest {
-                version: *number,
-                material: &version.material,
-                enabled: key.is_enabled(*number),
-                resume,
-                recorded: &recorded,
-            };
-            let id = session.import(request).await.map_err(|e| {
-                Error::from(e).context(&format!(
-                    "{context} (version {number} was not imported; writing to kms/{provider}/key/{} again resumes)",
-                    key.name
-                ))
-            })?;
-            record.started.remove(number);
-            record.versions.insert(*number, id);
+        let mut missing: Vec<u32> = key
+            .versions
+            .keys()
+            .copied()
+            .filter(|n| !record.versions.contains_key(n))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let resumed: BTreeSet<u32> = missing
+            .iter()
+            .copied()
+            .filter(|n| record.started.contains(n))
+            .collect();
+        if resumed.len() < missing.len() {
+            record.started.extend(missing.iter().copied());
             self.distributions.put(provider, &key.name, record).await?;
+        }
+        let latest = missing
+            .last()
+            .copied()
+            .filter(|n| *n == key.latest_version)
+            .inspect(|_| {
+                missing.pop();
+            });
+        let concurrency = if missing.len() > 1 && self.settings.import_concurrency > 1 {
+            session
+                .concurrency(missing.len())
+                .await
+                .map_err(|e| Error::from(e).context(context))?
+                .clamp(1, self.settings.import_concurrency)
+        } else {
+            1
+        };
+        let batch = Batch {
+            session,
+            provider,
+            key,
+            resumed: &resumed,
+            context,
+        };
+        self.import_batch(&batch, record, &missing, concurrency)
+            .await?;
+        if let Some(latest) = latest {
+            self.import_batch(&batch, record, &[latest], 1).await?;
         }
         Ok(())
     }
 
-    /// After a rotation: imports the versions each provider lacks. Every
-    /// provider is attempted; failures are reported together.
-    pub async fn push_new_versions(&self, key: &Key) -> Result<(), Error> {
-        let mut failures = Vec::new();
-        for (provider, record) in self.distributions.of_key(&key.name).await? {
-            if let Err(err) = self
-                .distribute(&provider, key, record.purposes.clone(), record.protection)
-                .await
-            {
-                failures.push(err);
+    /// Imports `versions` with at most `concurrency` in flight. After the
+    /// first failure no further import starts; those in flight are awaited
+    /// and recorded, and the first failure is returned.
+    async fn import_batch(
+        &self,
+        batch: &Batch<'_>,
+        record: &mut Distribution,
+        versions: &[u32],
+        concurrency: usize,
+    ) -> Result<(), Error> {
+        let Batch {
+            session,
+            provider,
+            key,
+            resumed,
+            context,
+        } = *batch;
+        let mut queue = versions
+            .iter()
+            .filter_map(|n| key.versions.get(n).map(|v| (*n, &v.material)));
+        let mut running = FuturesUnordered::new();
+        let mut failure: Option<Error> = None;
+        loop {
+            while failure.is_none() && running.len() < concurrency.max(1) {
+                let Some((number, material)) = queue.next() else {
+                    break;
+                };
+                // Fresh for every import: what was recorded meanwhile.
+                let recorded: Vec<String> = record.versions.values().cloned().collect();
+                let enabled = key.is_enabled(number);
+                let resume = resumed.contains(&number);
+                running.push(async move {
+                    let request = ImportRequest {
+                        version: number,
+                        material,
+                        enabled,
+                        resume,
+                        recorded: &recorded,
+                    };
+                    (number, session.import(request).await)
+                });
+            }
+            let Some((number, imported)) = running.next().await else {
+                break;
+            };
+            match imported {
+                Ok(id) => {
+                    record.started.remove(&number);
+                    record.versions.insert(number, id);
+                    if let Err(err) = self.distributions.put(provider, &key.name, record).await {
+                        failure.get_or_insert(err);
+                    }
+                }
+                Err(err) => {
+                    failure.get_or_insert(Error::from(err).context(&format!(
+                        "{context} (version {number} was not imported; writing to kms/{provider}/key/{} again resumes)",
+                        key.name
+                    )));
+                }
             }
         }
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// After a rotation: imports the versions each provider lacks, in
+    /// every provider at once. Every provider is attempted; failures are
+    /// reported together.
+    pub async fn push_new_versions(&self, key: &Key) -> Result<(), Error> {
+        let records = self.distributions.of_key(&key.name).await?;
+        let pushes = records.into_iter().map(|(provider, record)| async move {
+            self.distribute(&provider, key, record.purposes.clone(), record.protection)
+                .await
+        });
+        let failures: Vec<Error> = join_all(pushes)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
         // Not "repeat the request": another rotation would add a version.
         summarize(
             failures,
@@ -158,32 +262,37 @@ impl KeyManagement {
     }
 
     /// After `min_enabled_version` changed: sets every distributed
-    /// version's enabled state in every provider, recording the ids of
-    /// versions a provider imported only now.
+    /// version's enabled state in every provider at once, recording the
+    /// ids of versions a provider imported only now.
     pub async fn push_enabled_versions(&self, key: &Key) -> Result<(), Error> {
-        let mut failures = Vec::new();
-        for (provider, mut record) in self.distributions.of_key(&key.name).await? {
-            let result = async {
-                let client = self.client(&provider).await?;
-                let new_ids = client
-                    .set_enabled(&record.target(key), &version_states(key, &record))
-                    .await
-                    .map_err(Error::from)?;
-                if !new_ids.is_empty() {
-                    for id in new_ids {
-                        record.versions.insert(id.version, id.provider_id);
+        let records = self.distributions.of_key(&key.name).await?;
+        let pushes = records
+            .into_iter()
+            .map(|(provider, mut record)| async move {
+                let result = async {
+                    let client = self.client(&provider).await?;
+                    let new_ids = client
+                        .set_enabled(&record.target(key), &version_states(key, &record))
+                        .await
+                        .map_err(Error::from)?;
+                    if !new_ids.is_empty() {
+                        for id in new_ids {
+                            record.versions.insert(id.version, id.provider_id);
+                        }
+                        self.distributions
+                            .put(&provider, &key.name, &record)
+                            .await?;
                     }
-                    self.distributions
-                        .put(&provider, &key.name, &record)
-                        .await?;
+                    Ok::<(), Error>(())
                 }
-                Ok::<(), Error>(())
-            }
-            .await;
-            if let Err(err) = result {
-                failures.push(err.context(&format!("KMS provider {}", quote(&provider))));
-            }
-        }
+                .await;
+                result.map_err(|err| err.context(&format!("KMS provider {}", quote(&provider))))
+            });
+        let failures: Vec<Error> = join_all(pushes)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
         summarize(
             failures,
             &format!(

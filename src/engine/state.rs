@@ -13,6 +13,7 @@ use super::keys::KeyStore;
 use super::kms::{KMS_PREFIX, ProviderStore};
 use super::locks::NamedLocks;
 use super::provider::{KmsProvider, ProviderConnector};
+use super::settings::Settings;
 use crate::framework::{Error, Lifecycle};
 use crate::runtime::storage::Storage;
 use crate::runtime::system_view::SystemView;
@@ -24,6 +25,7 @@ pub struct KeyManagement {
     pub distributions: DistributionStore,
     /// Serialises writes per key and per provider.
     pub locks: NamedLocks,
+    pub settings: Settings,
     connector: Arc<dyn ProviderConnector>,
     /// The host's view of the server, when mounted in one.
     system: Option<Arc<dyn SystemView>>,
@@ -38,6 +40,7 @@ impl KeyManagement {
             providers: ProviderStore::new(storage.clone()),
             distributions: DistributionStore::new(storage),
             locks: NamedLocks::default(),
+            settings: Settings::default(),
             connector,
             system: None,
             clients: RwLock::default(),
@@ -47,6 +50,12 @@ impl KeyManagement {
     /// The same state, with the host's system view.
     pub fn with_system(mut self, system: Arc<dyn SystemView>) -> Self {
         self.system = Some(system);
+        self
+    }
+
+    /// The same state, with settings other than the defaults.
+    pub fn with_settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
         self
     }
 

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::backend;
+use super::KeyManagement;
+use super::backend::framework_backend;
 use super::provider::testing::TestProvider;
+use super::settings::Settings;
 use crate::framework::Backend;
 use crate::runtime::backend::LogicalBackend;
 use crate::runtime::proto::pb;
@@ -29,9 +31,15 @@ enum Outcome {
 impl Harness {
     /// A mounted backend, initialised as the host does before requests.
     async fn new() -> Self {
+        Self::with_settings(Settings::default()).await
+    }
+
+    async fn with_settings(settings: Settings) -> Self {
         let storage = InMemoryStorage::new();
         let provider = TestProvider::default();
-        let backend = backend(Arc::new(storage.clone()), Arc::new(provider.clone()));
+        let engine = KeyManagement::new(Arc::new(storage.clone()), Arc::new(provider.clone()))
+            .with_settings(settings);
+        let backend = framework_backend(engine);
         backend.initialize().await.unwrap();
         Self {
             backend,
@@ -805,4 +813,108 @@ async fn names_longer_than_the_limit_are_refused_first() {
         h.call("list", "key/", Value::Null).await,
         Outcome::NoContent
     ));
+}
+
+/// A key with many versions in a provider that can take them in parallel.
+async fn parallel_harness(import_concurrency: usize, versions: u32) -> Harness {
+    let h = Harness::with_settings(Settings {
+        import_concurrency,
+        ..Settings::default()
+    })
+    .await;
+    h.azure_with("k", "ecdsa-p256").await;
+    for _ in 1..versions {
+        h.ok("write", "key/k/rotate", Value::Null).await;
+    }
+    let mut state = h.provider.state();
+    state.concurrency = usize::MAX;
+    state.import_delay = std::time::Duration::from_millis(20);
+    drop(state);
+    h
+}
+
+fn imported_order(h: &Harness) -> Vec<u32> {
+    let state = h.provider.state();
+    let (_, versions) = state.keys.iter().next().unwrap();
+    versions.iter().map(|v| v.version).collect()
+}
+
+#[tokio::test]
+async fn versions_are_imported_in_parallel_and_the_latest_last() {
+    let h = parallel_harness(8, 30).await;
+    h.ok("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    let order = imported_order(&h);
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=30).collect::<Vec<_>>(), "each version once");
+    assert_eq!(order.last(), Some(&30), "the latest is imported last");
+    {
+        let state = h.provider.state();
+        assert_eq!(state.max_in_flight, 8, "bounded by the setting");
+        assert_eq!(state.current.last().map(|c| c.1), Some(30));
+    }
+    let read = h.ok("read", "kms/az/key/k", Value::Null).await;
+    assert_eq!(read["versions"].as_object().unwrap().len(), 30);
+
+    // Sequential when the setting says so.
+    let h = parallel_harness(1, 5).await;
+    h.ok("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    assert_eq!(imported_order(&h), [1, 2, 3, 4, 5]);
+    assert_eq!(h.provider.state().max_in_flight, 1);
+}
+
+#[tokio::test]
+async fn a_failure_in_a_parallel_batch_keeps_what_landed_and_resumes() {
+    let h = parallel_harness(4, 12).await;
+    // The sixth import fails; others are in flight then.
+    h.provider.state().fail_import_call = Some(6);
+    let (status, msg) = h
+        .status("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    assert_eq!(status, 502, "{msg}");
+    assert!(msg.contains("again resumes"), "{msg}");
+    let landed = imported_order(&h);
+    assert!(landed.len() < 12 && !landed.contains(&12), "{landed:?}");
+    let read = h.ok("read", "kms/az/key/k", Value::Null).await;
+    assert_eq!(
+        read["versions"].as_object().unwrap().len(),
+        landed.len(),
+        "every version that landed is recorded"
+    );
+    h.ok("write", "kms/az/key/k", Value::Null).await;
+    let order = imported_order(&h);
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=12).collect::<Vec<_>>(), "no duplicates");
+    assert_eq!(order.last(), Some(&12));
+}
+
+#[tokio::test]
+async fn rotation_reaches_every_provider_at_once() {
+    let h = Harness::new().await;
+    h.azure_with("k", "ecdsa-p256").await;
+    for name in ["az2", "az3"] {
+        h.ok(
+            "write",
+            &format!("kms/{name}"),
+            json!({"provider": "azurekeyvault", "key_collection": "vault1"}),
+        )
+        .await;
+    }
+    for name in ["az", "az2", "az3"] {
+        h.ok(
+            "write",
+            &format!("kms/{name}/key/k"),
+            json!({"purpose": "sign"}),
+        )
+        .await;
+    }
+    h.provider.state().import_delay = std::time::Duration::from_millis(20);
+    h.provider.state().max_in_flight = 0;
+    h.ok("write", "key/k/rotate", Value::Null).await;
+    let state = h.provider.state();
+    assert_eq!(state.max_in_flight, 3, "one import per provider, at once");
+    assert!(state.keys.values().all(|v| v.len() == 2));
 }

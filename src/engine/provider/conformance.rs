@@ -8,6 +8,8 @@
 //!   disabling work both ways;
 //! - the latest version can be made current;
 //! - removal succeeds twice, and when the key is already gone;
+//! - a provider that allows parallel imports keeps one version per Vault
+//!   version when answers are lost while several imports are in flight;
 //! - failures map to the right class: a denial is a 400 that created
 //!   nothing, an outage that outlives the retries a 502.
 //!
@@ -152,6 +154,68 @@ pub async fn run(double: &dyn Double, name: &str) {
     disabled_versions_are_never_usable(double, name).await;
     latest_version_is_current(double, name).await;
     removal_tolerates_repeats_and_gone_keys(double, name).await;
+    parallel_lost_answers_never_duplicate(double, name).await;
+}
+
+async fn parallel_lost_answers_never_duplicate(double: &dyn Double, name: &str) {
+    let provider = double.provider();
+    let target = double.target("parallel-1700000009");
+    let m = materials(&target, 6);
+    let session = provider.begin_import(&target);
+    let allowed = session.concurrency(m.len()).await.expect("concurrency");
+    assert!(allowed >= 1, "{name}: concurrency {allowed}");
+    if allowed == 1 {
+        session.finish().await;
+        return;
+    }
+    // Answers are lost while every import is in flight, the way the
+    // engine runs them; then the failed ones are repeated, in parallel.
+    double.inject(double.create_site(), Fault::Lost, 3);
+    let run = |resume: bool, versions: Vec<u32>| {
+        let (session, m) = (&session, &m);
+        futures_util::future::join_all(versions.into_iter().map(move |v| async move {
+            let result = session
+                .import(ImportRequest {
+                    version: v,
+                    material: &m[&v],
+                    enabled: true,
+                    resume,
+                    recorded: &[],
+                })
+                .await;
+            (v, result)
+        }))
+    };
+    let mut ids = BTreeMap::new();
+    let mut failed = Vec::new();
+    for (v, result) in run(false, m.keys().copied().collect()).await {
+        match result {
+            Ok(id) => {
+                ids.insert(v, id);
+            }
+            Err(_) => failed.push(v),
+        }
+    }
+    double.clear_faults();
+    for (v, result) in run(true, failed).await {
+        ids.insert(
+            v,
+            result.unwrap_or_else(|e| panic!("{name}: resuming {v}: {e}")),
+        );
+    }
+    session.finish().await;
+    let observed = double.observe(&target, &m);
+    let usable = live(&observed);
+    assert_eq!(usable.len(), m.len(), "{name}: {observed:?}");
+    for (v, id) in &ids {
+        let found: Vec<_> = usable
+            .iter()
+            .filter(|o| o.vault_version == Some(*v))
+            .collect();
+        assert_eq!(found.len(), 1, "{name}: version {v}: {observed:?}");
+        assert_eq!(&found[0].provider_id, id, "{name}: version {v}");
+        assert!(found[0].material_matches, "{name}: version {v}");
+    }
 }
 
 async fn imports_are_safe_to_repeat(double: &dyn Double, name: &str) {

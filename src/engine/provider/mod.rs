@@ -193,8 +193,9 @@ pub struct ImportRequest<'a> {
     /// provider without Vault hearing back: look for it before creating.
     pub resume: bool,
     /// The provider ids Vault has recorded for the target's other
-    /// versions: a provider-side version not among them can only be the
-    /// one an interrupted attempt made.
+    /// versions. In a session that imports one version at a time, a
+    /// provider-side version not among them can only be the one an
+    /// interrupted attempt made.
     pub recorded: &'a [String],
 }
 
@@ -260,6 +261,16 @@ pub trait ImportSession: Send + Sync {
     /// repeat: an import that reached the provider before is found and its
     /// id returned, never duplicated.
     async fn import(&self, request: ImportRequest<'_>) -> Result<String, ProviderError>;
+
+    /// How many of `versions` imports may run at once. More than one only
+    /// where an interrupted import can be told apart from the others in
+    /// flight (by a per-version tag or id), because a retry must find it
+    /// instead of importing the version twice. Asked before a batch of
+    /// several imports; it may call the provider. The engine imports the
+    /// latest version after the batch, alone, so that it is the newest.
+    async fn concurrency(&self, _versions: usize) -> Result<usize, ProviderError> {
+        Ok(1)
+    }
 
     /// Whether a call that may have created or changed something of the
     /// target in the provider was sent. The engine keeps no record of a

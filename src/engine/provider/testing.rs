@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::{
     ImportRequest, ImportSession, KmsProvider, NewId, ProviderConfig, ProviderConnector,
@@ -42,6 +43,15 @@ pub struct State {
     pub replicated: Vec<(String, Vec<u32>)>,
     /// `unrecorded` of every `remove` call.
     pub unrecorded: Vec<Vec<u32>>,
+    /// What `ImportSession::concurrency` answers (0 stands for 1).
+    pub concurrency: usize,
+    /// How long each import waits, unlocked, before it lands.
+    pub import_delay: Duration,
+    pub in_flight: usize,
+    /// Import calls so far, and the one (1-based) that is to fail.
+    pub import_calls: u32,
+    pub fail_import_call: Option<u32>,
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone, Default)]
@@ -86,14 +96,25 @@ struct Session {
 #[async_trait::async_trait]
 impl ImportSession for Session {
     async fn import(&self, request: ImportRequest<'_>) -> Result<String, ProviderError> {
+        let delay = {
+            let mut state = self.provider.state();
+            if take(&mut state.deny_imports) {
+                return Err(ProviderError::Permission("injected denial".into()));
+            }
+            self.touched.store(true, Ordering::SeqCst);
+            state.import_calls += 1;
+            if take(&mut state.fail_imports) || state.fail_import_call == Some(state.import_calls) {
+                return Err(ProviderError::Unavailable("injected import failure".into()));
+            }
+            state.in_flight += 1;
+            state.max_in_flight = state.max_in_flight.max(state.in_flight);
+            state.import_delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.provider.state();
-        if take(&mut state.deny_imports) {
-            return Err(ProviderError::Permission("injected denial".into()));
-        }
-        self.touched.store(true, Ordering::SeqCst);
-        if take(&mut state.fail_imports) {
-            return Err(ProviderError::Unavailable("injected import failure".into()));
-        }
+        state.in_flight -= 1;
         let versions = state.keys.entry(self.target.name.clone()).or_default();
         if let Some(existing) = versions.iter().find(|v| v.version == request.version) {
             return Ok(existing.id.clone());
@@ -107,6 +128,10 @@ impl ImportSession for Session {
             enabled: request.enabled,
         });
         Ok(id)
+    }
+
+    async fn concurrency(&self, _versions: usize) -> Result<usize, ProviderError> {
+        Ok(self.provider.state().concurrency.max(1))
     }
 
     fn touched(&self) -> bool {

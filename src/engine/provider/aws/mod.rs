@@ -38,13 +38,14 @@ pub mod fake;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use aws_sdk_kms::types::{AlgorithmSpec, KeySpec, KeyState, KeyUsageType};
 use tokio::sync::Mutex;
 
 use super::client::retry::{RetryPolicy, call_api};
+use super::client::timing::{self, api_time, wrap_time};
 use super::client::{ApiError, ErrorClass, process_env};
 use super::registry::{Credential, Descriptor};
 use super::{
@@ -316,11 +317,6 @@ pub struct AwsKms {
     region: String,
     retry: RetryPolicy,
     pending_window_days: i32,
-    /// Time spent waiting on AWS calls, in microseconds: the import log
-    /// line reports it, so that a benchmark can tell our share.
-    api_micros: AtomicU64,
-    /// Time spent wrapping material, in microseconds.
-    wrap_micros: AtomicU64,
 }
 
 impl AwsKms {
@@ -336,18 +332,7 @@ impl AwsKms {
             region,
             retry,
             pending_window_days,
-            api_micros: AtomicU64::new(0),
-            wrap_micros: AtomicU64::new(0),
         }
-    }
-
-    fn add(counter: &AtomicU64, since: Instant) {
-        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-        counter.fetch_add(micros, Ordering::Relaxed);
-    }
-
-    fn micros(counter: &AtomicU64) -> Duration {
-        Duration::from_micros(counter.load(Ordering::Relaxed))
     }
 
     /// Runs one action under the retry policy. `attempt` gets the number
@@ -359,11 +344,7 @@ impl AwsKms {
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
         let label = format!("aws kms: {} in {region}", action.name());
-        call_api(&self.retry, &label, attempt, |spent| {
-            let micros = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
-            self.api_micros.fetch_add(micros, Ordering::Relaxed);
-        })
-        .await
+        call_api(&self.retry, &label, attempt, api_time).await
     }
 
     /// The error the user sees for a failed action.
@@ -393,7 +374,7 @@ impl AwsKms {
             .map_err(|e| self.failed(Action::GetParametersForImport, region, &e))?;
         let started = Instant::now();
         let wrapped = wrap_material(&parameters.public_key_der, material)?;
-        Self::add(&self.wrap_micros, started);
+        wrap_time(started.elapsed());
         // After a lost answer, look before importing again: AWS takes the
         // same material again, but LocalStack stages a repeat as a
         // rotation and refuses the next one.
@@ -726,49 +707,52 @@ impl ImportSession for AwsImport<'_> {
         }
         let version = request.version;
         let started = Instant::now();
-        let (api_before, wrap_before) = (
-            AwsKms::micros(&provider.api_micros),
-            AwsKms::micros(&provider.wrap_micros),
-        );
-        let (key_id, existed) = match request.resume {
-            true => match self.adopt(version).await? {
-                Some(found) => (found, true),
-                None => self.create(version).await?,
-            },
-            false => self.create(version).await?,
-        };
-        let state = VersionState {
-            version,
-            provider_id: &key_id,
-            enabled: request.enabled,
-            material: request.material,
-        };
-        self.touched.store(true, Ordering::SeqCst);
-        if existed {
-            // Whatever an earlier attempt got to, make it what we want.
-            provider.converge(&provider.region, &state).await?;
-        } else if request.enabled {
-            provider
-                .import_material(&provider.region, &key_id, request.material)
-                .await?;
-        }
-        // Imports of one provider run one at a time, so the deltas are
-        // this import's.
-        let api = AwsKms::micros(&provider.api_micros).saturating_sub(api_before);
-        let wrap = AwsKms::micros(&provider.wrap_micros).saturating_sub(wrap_before);
+        let (key_id, times) = timing::timed(async {
+            let (key_id, existed) = match request.resume {
+                true => match self.adopt(version).await? {
+                    Some(found) => (found, true),
+                    None => self.create(version).await?,
+                },
+                false => self.create(version).await?,
+            };
+            let state = VersionState {
+                version,
+                provider_id: &key_id,
+                enabled: request.enabled,
+                material: request.material,
+            };
+            self.touched.store(true, Ordering::SeqCst);
+            if existed {
+                // Whatever an earlier attempt got to, make it what we want.
+                provider.converge(&provider.region, &state).await?;
+            } else if request.enabled {
+                provider
+                    .import_material(&provider.region, &key_id, request.material)
+                    .await?;
+            }
+            Ok::<_, ProviderError>(key_id)
+        })
+        .await;
+        let key_id = key_id?;
         log::info!(
             key = target.name.as_str(),
             version = version,
             kms_key = key_id.as_str(),
             enabled = request.enabled,
-            api_us = api.as_micros(),
-            wrap_us = wrap.as_micros(),
+            api_us = times.api.as_micros(),
+            wrap_us = times.wrap.as_micros(),
             total_us = started.elapsed().as_micros();
             "aws kms: imported version {version} of {} into {}",
             target.name,
             provider.region
         );
         Ok(key_id)
+    }
+
+    /// Every version's key carries its own version tag, so a lost answer
+    /// is found by tag whatever else was in flight.
+    async fn concurrency(&self, versions: usize) -> Result<usize, ProviderError> {
+        Ok(versions)
     }
 
     fn touched(&self) -> bool {

@@ -1,8 +1,10 @@
 //! What every provider's client needs, kept here once instead of copied
-//! per cloud: the retry loop, reading the server's environment, extra
-//! trusted CA certificates, endpoint URLs, and bounded error details.
+//! per cloud: the retry loop, per-import time accounting, reading the
+//! server's environment, extra trusted CA certificates, endpoint URLs, and
+//! bounded error details.
 
 pub mod retry;
+pub mod timing;
 
 use std::path::Path;
 

@@ -44,6 +44,7 @@ use google_cloud_kms_v1::model::{
 use tokio::sync::Mutex;
 
 use super::client::retry::{RetryPolicy, call_api};
+use super::client::timing::{self, api_time, wrap_time};
 use super::client::{ApiError, ErrorClass, process_env};
 use super::registry::{Credential, Descriptor};
 use super::{
@@ -283,15 +284,6 @@ pub struct GcpKms {
     polling: Polling,
     /// Reusable import jobs, by protection level.
     jobs: Mutex<HashMap<i32, ActiveJob>>,
-    /// Time spent waiting on Google and wrapping, in microseconds, for the
-    /// import log line (imports of one provider run one at a time).
-    api_micros: std::sync::atomic::AtomicU64,
-    wrap_micros: std::sync::atomic::AtomicU64,
-}
-
-fn add_micros(counter: &std::sync::atomic::AtomicU64, spent: Duration) {
-    let micros = u64::try_from(spent.as_micros()).unwrap_or(u64::MAX);
-    counter.fetch_add(micros, Ordering::Relaxed);
 }
 
 impl GcpKms {
@@ -307,8 +299,6 @@ impl GcpKms {
             retry,
             polling,
             jobs: Mutex::default(),
-            api_micros: Default::default(),
-            wrap_micros: Default::default(),
         }
     }
 
@@ -321,7 +311,7 @@ impl GcpKms {
             &self.retry,
             &format!("cloud kms: {}", call.name()),
             attempt,
-            |spent| add_micros(&self.api_micros, spent),
+            api_time,
         )
         .await
     }
@@ -358,7 +348,7 @@ impl GcpKms {
             }
             // Waiting for Google's own work counts as Google's time.
             tokio::time::sleep(wait).await;
-            add_micros(&self.api_micros, wait);
+            api_time(wait);
             wait = (wait * 2).min(self.polling.max);
         }
     }
@@ -560,7 +550,7 @@ impl GcpKms {
                 .map_err(|e| {
                     ProviderError::Rejected(format!("wrapping the key for Cloud KMS failed: {e}"))
                 })?;
-            add_micros(&self.wrap_micros, wrap_started.elapsed());
+            wrap_time(wrap_started.elapsed());
             let request = ImportCryptoKeyVersionRequest::new()
                 .set_parent(key.clone())
                 .set_algorithm(algorithm.clone())
@@ -674,18 +664,20 @@ impl ImportSession for GcpImport<'_> {
             return Ok(last_segment(&version.name).to_owned());
         }
         let started = Instant::now();
-        let micros = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let (api_before, wrap_before) =
-            (micros(&provider.api_micros), micros(&provider.wrap_micros));
-        let version = provider
-            .import_now(target, request.material, request.recorded, &self.touched)
-            .await?;
+        let (version, times) = timing::timed(provider.import_now(
+            target,
+            request.material,
+            request.recorded,
+            &self.touched,
+        ))
+        .await;
+        let version = version?;
         log::info!(
             key = target.name.as_str(),
             version = request.version,
             cloud_kms_version = version.name.as_str(),
-            api_us = micros(&provider.api_micros).saturating_sub(api_before),
-            wrap_us = micros(&provider.wrap_micros).saturating_sub(wrap_before),
+            api_us = times.api.as_micros(),
+            wrap_us = times.wrap.as_micros(),
             total_us = started.elapsed().as_micros();
             "cloud kms: imported version {} of {}",
             request.version,
