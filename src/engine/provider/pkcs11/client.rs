@@ -44,7 +44,7 @@ use super::super::client::{ApiError, ErrorClass};
 use crate::framework::error::quote;
 
 /// Working sessions kept open per token, beyond the anchor.
-const POOL: usize = 4;
+pub const POOL: usize = 4;
 /// How often a slot lookup is repeated after `CKR_GENERAL_ERROR`.
 const LOOKUP_TRIES: u32 = 5;
 /// Shortest time between two re-initialisations of a module.

@@ -50,6 +50,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::client::retry::{RetryPolicy, call_api};
+use super::client::timing::{self, api_time};
 use super::client::{ApiError, ErrorClass, process_env};
 use super::registry::{Credential, Descriptor, any_purposes};
 use super::{
@@ -141,10 +142,6 @@ pub struct Pkcs11Kms {
     token: Arc<TokenState>,
     pin: Arc<Zeroizing<String>>,
     retry: RetryPolicy,
-    /// Time spent in PKCS#11 calls and in wrapping, in microseconds, for
-    /// the import log line.
-    token_micros: Arc<AtomicU64>,
-    wrap_micros: Arc<AtomicU64>,
     /// Set once the token refused RSA-OAEP with SHA-256: SHA-1 from then on.
     oaep_sha1: Arc<AtomicBool>,
     #[cfg(test)]
@@ -917,8 +914,6 @@ impl Pkcs11Kms {
             token,
             pin: Arc::new(settings.pin.clone()),
             retry: settings.retry,
-            token_micros: Arc::default(),
-            wrap_micros: Arc::default(),
             oaep_sha1: Arc::default(),
             #[cfg(test)]
             faults: None,
@@ -952,11 +947,9 @@ impl Pkcs11Kms {
                 );
                 #[cfg(test)]
                 let faults = self.faults.clone();
-                let token_micros = self.token_micros.clone();
                 async move {
                     tokio::task::spawn_blocking(move || {
-                        let started = Instant::now();
-                        let result = module.run(&token, &pin, |session| {
+                        module.run(&token, &pin, |session| {
                             let live = client::Live(session);
                             #[cfg(test)]
                             if let Some(faults) = &faults {
@@ -966,9 +959,7 @@ impl Pkcs11Kms {
                                 });
                             }
                             body(&live)
-                        });
-                        add_micros(&token_micros, started.elapsed());
-                        result
+                        })
                     })
                     .await
                     .unwrap_or_else(|e| {
@@ -980,7 +971,8 @@ impl Pkcs11Kms {
                     })
                 }
             },
-            |_| {},
+            // Per import (task-local): imports run in parallel.
+            api_time,
         )
         .await;
         result.map_err(|e| to_provider(&e, what))
@@ -1038,12 +1030,8 @@ impl ImportSession for Pkcs11Import<'_> {
         }
         let spec = Spec::new(target);
         let id = hex(&spec.id(request.version));
-        let micros = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let (token_before, wrap_before) = (
-            micros(&provider.token_micros),
-            micros(&provider.wrap_micros),
-        );
         let started = Instant::now();
+        let wrap_micros = Arc::new(AtomicU64::new(0));
         let job = Arc::new(ImportJob {
             spec,
             version: request.version,
@@ -1051,20 +1039,20 @@ impl ImportSession for Pkcs11Import<'_> {
             enabled: request.enabled,
             token: provider.token_label(),
             touched: self.touched.clone(),
-            wrap_micros: provider.wrap_micros.clone(),
+            wrap_micros: wrap_micros.clone(),
             oaep_sha1: provider.oaep_sha1.clone(),
         });
-        provider
-            .call("importing a version", move |s| job.run(s))
-            .await?;
-        let wrap_us = micros(&provider.wrap_micros).saturating_sub(wrap_before);
+        let (result, times) =
+            timing::timed(provider.call("importing a version", move |s| job.run(s))).await;
+        result?;
+        // The wrapping runs inside the blocking call: the token's share is
+        // the rest of it.
+        let wrap_us = u128::from(wrap_micros.load(Ordering::Relaxed));
         log::info!(
             key = target.name.as_str(),
             version = request.version,
             pkcs11_id = id.as_str(),
-            token_us = micros(&provider.token_micros)
-                .saturating_sub(token_before)
-                .saturating_sub(wrap_us),
+            token_us = times.api.as_micros().saturating_sub(wrap_us),
             wrap_us = wrap_us,
             total_us = started.elapsed().as_micros();
             "pkcs11: imported version {} of {}",
@@ -1072,6 +1060,13 @@ impl ImportSession for Pkcs11Import<'_> {
             target.name
         );
         Ok(id)
+    }
+
+    /// Every version has its own `CKA_ID`, so an interrupted import is
+    /// found by label and id whatever else is in flight: as many at once
+    /// as the session pool holds.
+    async fn concurrency(&self, versions: usize) -> Result<usize, ProviderError> {
+        Ok(versions.clamp(1, client::POOL))
     }
 
     fn touched(&self) -> bool {
