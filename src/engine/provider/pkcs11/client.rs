@@ -196,8 +196,7 @@ pub trait TokenSession {
         template: &[Attribute],
     ) -> Result<ObjectHandle, ApiError>;
     fn create(&self, template: &[Attribute]) -> Result<ObjectHandle, ApiError>;
-    fn set_attributes(&self, object: ObjectHandle, template: &[Attribute])
-    -> Result<(), ApiError>;
+    fn set_attributes(&self, object: ObjectHandle, template: &[Attribute]) -> Result<(), ApiError>;
     fn destroy(&self, object: ObjectHandle) -> Result<(), ApiError>;
     /// `C_GenerateKeyPair` of the RSA unwrapping key: (public, private).
     fn generate_unwrapping_key(
@@ -246,11 +245,7 @@ impl TokenSession for Live<'_> {
             .map_err(|e| call_error(Call::CreateObject, &e))
     }
 
-    fn set_attributes(
-        &self,
-        object: ObjectHandle,
-        template: &[Attribute],
-    ) -> Result<(), ApiError> {
+    fn set_attributes(&self, object: ObjectHandle, template: &[Attribute]) -> Result<(), ApiError> {
         self.0
             .update_attributes(object, template)
             .map_err(|e| call_error(Call::SetAttributeValue, &e))
@@ -676,7 +671,11 @@ impl TokenState {
             inner.anchor = Some(Self::open(&state.ctx, slot)?);
         }
         let Some(anchor) = inner.anchor.as_ref() else {
-            return Err(refusal(ErrorClass::Unavailable, "internal", "no anchor session".into()));
+            return Err(refusal(
+                ErrorClass::Unavailable,
+                "internal",
+                "no anchor session".into(),
+            ));
         };
         let secret = auth_pin(pin);
         let result = match anchor.login(UserType::User, Some(&secret)) {
@@ -773,7 +772,10 @@ mod tests {
             "CKR_VENDOR_DEFINED(0x80000001)"
         );
         assert_eq!(classify(&RvError::PinIncorrect), ErrorClass::AccessDenied);
-        assert_eq!(classify(&RvError::SessionHandleInvalid), ErrorClass::Network);
+        assert_eq!(
+            classify(&RvError::SessionHandleInvalid),
+            ErrorClass::Network
+        );
         assert_eq!(classify(&RvError::GeneralError), ErrorClass::Unavailable);
         assert_eq!(classify(&RvError::MechanismInvalid), ErrorClass::Invalid);
         assert_ne!(pin_hash("1234"), pin_hash("1235"));

@@ -196,7 +196,9 @@ impl Settings {
         let pin = Zeroizing::new(credential(config, "pin").unwrap_or_default().to_owned());
         let retry = match env(ENV_RETRY_BASE_MS) {
             None => RetryPolicy::with_base(Duration::from_millis(100)),
-            Some(_) => RetryPolicy::from_env(ENV_RETRY_BASE_MS, env).map_err(ProviderError::Config)?,
+            Some(_) => {
+                RetryPolicy::from_env(ENV_RETRY_BASE_MS, env).map_err(ProviderError::Config)?
+            }
         };
         Ok(Self {
             module,
@@ -249,20 +251,33 @@ mod tests {
             canonical
         );
         let pin = ("pin", "1234");
-        assert!(validate_with(&config("tok", &[pin, ("module", other.to_str().unwrap())]), &env).is_ok());
-        let err = validate_with(&config("tok", &[pin, ("module", "/usr/lib/libc.so.6")]), &env)
-            .unwrap_err();
+        assert!(
+            validate_with(
+                &config("tok", &[pin, ("module", other.to_str().unwrap())]),
+                &env
+            )
+            .is_ok()
+        );
+        let err = validate_with(
+            &config("tok", &[pin, ("module", "/usr/lib/libc.so.6")]),
+            &env,
+        )
+        .unwrap_err();
         assert_eq!(err.field, "credentials.module");
         assert!(err.message.contains("not in the server's"), "{err}");
-        let err = validate_with(&config("tok", &[pin, ("module", "libsofthsm2.so")]), &env)
-            .unwrap_err();
+        let err =
+            validate_with(&config("tok", &[pin, ("module", "libsofthsm2.so")]), &env).unwrap_err();
         assert!(err.message.contains("not an absolute path"), "{err}");
         // Unset: nothing is loaded.
         let none = |_: &str| None;
         let err = validate_with(&config("tok", &[pin]), &none).unwrap_err();
         assert!(err.message.contains("is not set"), "{err}");
         let bare = |name: &str| (name == ENV_MODULES).then(|| "libsofthsm2.so".to_owned());
-        assert!(allowed_modules(&bare).unwrap_err().contains("not an absolute path"));
+        assert!(
+            allowed_modules(&bare)
+                .unwrap_err()
+                .contains("not an absolute path")
+        );
     }
 
     #[test]
@@ -272,13 +287,16 @@ mod tests {
         let env = move |name: &str| (name == ENV_MODULES).then(|| list.clone());
         let field = |c: ProviderConfig| validate_with(&c, &env).unwrap_err().field;
         assert_eq!(field(config("", &[("pin", "1")])), "key_collection");
-        assert_eq!(field(config(&"x".repeat(33), &[("pin", "1")])), "key_collection");
+        assert_eq!(
+            field(config(&"x".repeat(33), &[("pin", "1")])),
+            "key_collection"
+        );
         assert_eq!(field(config("tok ", &[("pin", "1")])), "key_collection");
         assert_eq!(field(config("tok", &[])), "credentials.pin");
         assert_eq!(field(config("tok", &[("pin", "a\nb")])), "credentials.pin");
         let secret = "s3cret-pin-value";
-        let err = validate_with(&config("tok", &[("pin", &format!("{secret}\n"))]), &env)
-            .unwrap_err();
+        let err =
+            validate_with(&config("tok", &[("pin", &format!("{secret}\n"))]), &env).unwrap_err();
         assert!(!err.to_string().contains(secret));
         let s = Settings::resolve(&config("tok", &[("pin", secret)]), &env).unwrap();
         assert!(!format!("{s:?}").contains(secret));

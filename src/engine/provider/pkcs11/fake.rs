@@ -148,11 +148,7 @@ impl TokenSession for Faulty<'_> {
             .around(Call::CreateObject, || self.inner.create(template))
     }
 
-    fn set_attributes(
-        &self,
-        object: ObjectHandle,
-        template: &[Attribute],
-    ) -> Result<(), ApiError> {
+    fn set_attributes(&self, object: ObjectHandle, template: &[Attribute]) -> Result<(), ApiError> {
         self.faults.around(Call::SetAttributeValue, || {
             self.inner.set_attributes(object, template)
         })

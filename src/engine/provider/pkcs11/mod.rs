@@ -391,7 +391,10 @@ fn spki_of(key_type: KeyType, attrs: &[Attribute]) -> Option<Vec<u8>> {
         })?;
         let public =
             RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e)).ok()?;
-        return public.to_public_key_der().ok().map(|d| d.as_bytes().to_vec());
+        return public
+            .to_public_key_der()
+            .ok()
+            .map(|d| d.as_bytes().to_vec());
     }
     let curve = key_type.ec_curve()?;
     let point = attrs.iter().find_map(|a| match a {
@@ -447,11 +450,9 @@ pub struct FoundVersion {
 impl FoundVersion {
     /// Whether every purpose is usable now.
     pub fn enabled(&self, purposes: &[Purpose]) -> bool {
-        purposes.iter().all(|p| {
-            self.objects
-                .iter()
-                .any(|o| o.usage.contains(&p.as_str()))
-        })
+        purposes
+            .iter()
+            .all(|p| self.objects.iter().any(|o| o.usage.contains(&p.as_str())))
     }
 
     /// SHA-256 of the public key's SubjectPublicKeyInfo, hex.
@@ -566,10 +567,8 @@ fn unwrapping_key(
         if private.is_empty() && public.is_empty() {
             // Not the target's object: a failed import that made only
             // this key has touched nothing of the distribution.
-            let (public_key, private_key) = s.generate_unwrapping_key(
-                &unwrap_public_template(),
-                &unwrap_private_template(),
-            )?;
+            let (public_key, private_key) =
+                s.generate_unwrapping_key(&unwrap_public_template(), &unwrap_private_template())?;
             log::info!(
                 "pkcs11: generated the RSA-{GENERATED_UNWRAP_BITS} unwrapping key {UNWRAP_LABEL:?} in token {}",
                 quote(token)
@@ -604,7 +603,11 @@ fn unwrapping_key(
         (AttributeType::Sign, false, "CKA_SIGN"),
         (AttributeType::Sensitive, true, "CKA_SENSITIVE"),
         (AttributeType::Extractable, false, "CKA_EXTRACTABLE"),
-        (AttributeType::NeverExtractable, true, "CKA_NEVER_EXTRACTABLE"),
+        (
+            AttributeType::NeverExtractable,
+            true,
+            "CKA_NEVER_EXTRACTABLE",
+        ),
     ];
     for (ty, want, name) in wanted {
         if bool_of(&attrs, ty) != Some(want) {
@@ -847,8 +850,10 @@ impl ImportJob {
         let mut session_key = None;
         let mut last = None;
         for hash in hashes {
-            let wrapped_key = rsa_oaep_encrypt(&public, hash, ephemeral.as_slice())
-                .map_err(|e| refusal(ErrorClass::Invalid, "wrap", format!("wrapping failed: {e}")))?;
+            let wrapped_key =
+                rsa_oaep_encrypt(&public, hash, ephemeral.as_slice()).map_err(|e| {
+                    refusal(ErrorClass::Invalid, "wrap", format!("wrapping failed: {e}"))
+                })?;
             match s.unwrap_key(
                 Call::UnwrapSessionKey,
                 &oaep_mechanism(hash),
@@ -907,7 +912,8 @@ impl ImportJob {
 
 impl Pkcs11Kms {
     pub fn new(settings: &Settings) -> Result<Self, ProviderError> {
-        let module = Module::get(&settings.module).map_err(|e| to_provider(&e, "loading the module"))?;
+        let module =
+            Module::get(&settings.module).map_err(|e| to_provider(&e, "loading the module"))?;
         let token = module.token(&settings.token);
         Ok(Self {
             module,
@@ -1243,7 +1249,10 @@ mod tests {
             assert!(private.contains(&attr), "{attr:?}");
         }
         assert!(!private.iter().any(|a| matches!(a, Attribute::Verify(_))));
-        assert!(spec.key_template(1, false).contains(&Attribute::Sign(false)));
+        assert!(
+            spec.key_template(1, false)
+                .contains(&Attribute::Sign(false))
+        );
         let public = spec.usage(ObjectClass::PUBLIC_KEY, true);
         assert!(public.contains(&Attribute::Encrypt(true)));
         assert!(public.contains(&Attribute::Verify(false)));

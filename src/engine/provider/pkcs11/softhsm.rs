@@ -110,7 +110,10 @@ fn softhsm_suite() {
         .expect("running the child tests");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child tests failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "child tests failed:\n{stdout}\n{stderr}"
+    );
     assert!(
         stdout.contains(&format!("test result: ok. {CHILD_TESTS} passed; 0 failed")),
         "every child test must run:\n{stdout}"
@@ -184,15 +187,17 @@ impl Inspector {
         types
             .iter()
             .map(|t| {
-                attrs.iter().find_map(|a| match a {
-                    Attribute::Token(v) | Attribute::Private(v) | Attribute::Local(v)
-                        if a.attribute_type() == *t =>
-                    {
-                        Some(*v)
-                    }
-                    _ => None,
-                })
-                .or_else(|| bool_of(&attrs, *t))
+                attrs
+                    .iter()
+                    .find_map(|a| match a {
+                        Attribute::Token(v) | Attribute::Private(v) | Attribute::Local(v)
+                            if a.attribute_type() == *t =>
+                        {
+                            Some(*v)
+                        }
+                        _ => None,
+                    })
+                    .or_else(|| bool_of(&attrs, *t))
             })
             .collect()
     }
@@ -302,7 +307,11 @@ struct SoftHsmDouble {
 
 impl SoftHsmDouble {
     /// The target's objects, by `CKA_ID` (only ids of its distribution).
-    fn objects(&self, inspector: &Inspector, target: &Target) -> BTreeMap<Vec<u8>, Vec<ObjectHandle>> {
+    fn objects(
+        &self,
+        inspector: &Inspector,
+        target: &Target,
+    ) -> BTreeMap<Vec<u8>, Vec<ObjectHandle>> {
         let spec = Spec::new(target);
         let mut by_id: BTreeMap<Vec<u8>, Vec<ObjectHandle>> = BTreeMap::new();
         for object in inspector.find(&[Attribute::Label(spec.label.clone())]) {
@@ -491,7 +500,10 @@ mod child {
         assert!(matches!(err, ProviderError::Permission(_)), "{err:?}");
         let message = err.to_string();
         assert!(message.contains("CKR_PIN_INCORRECT"), "{message}");
-        assert!(!message.contains(wrong_pin) && !message.contains(PIN), "{message}");
+        assert!(
+            !message.contains(wrong_pin) && !message.contains(PIN),
+            "{message}"
+        );
         assert_eq!(Error::from(err).status(), 400);
         // Nothing ran with the wrong PIN.
         assert_eq!(faults.count(Call::FindObjects), logins_before);
@@ -504,13 +516,25 @@ mod child {
         // The right PIN works again (and the token forgets the failure).
         import_one(&right, &target, 2, &material).await.unwrap();
         let inspector = Inspector::open_as("pins", false);
-        assert!(!inspector.ctx.get_token_info(slot).unwrap().user_pin_count_low());
+        assert!(
+            !inspector
+                .ctx
+                .get_token_info(slot)
+                .unwrap()
+                .user_pin_count_low()
+        );
         drop(inspector);
         // The wrong PIN is not sent again: the token's count stays clear.
         let err = import_one(&wrong, &target, 3, &material).await.unwrap_err();
         assert!(err.to_string().contains("not tried again"), "{err}");
         let inspector = Inspector::open_as("pins", false);
-        assert!(!inspector.ctx.get_token_info(slot).unwrap().user_pin_count_low());
+        assert!(
+            !inspector
+                .ctx
+                .get_token_info(slot)
+                .unwrap()
+                .user_pin_count_low()
+        );
     }
 
     #[tokio::test]
@@ -523,8 +547,14 @@ mod child {
             .unwrap_err();
         assert!(matches!(err, ProviderError::Config(_)), "{err:?}");
         let message = err.to_string();
-        assert!(message.contains("no token labelled \"no-such-token\""), "{message}");
-        assert!(message.contains("\"conformance\""), "lists the tokens: {message}");
+        assert!(
+            message.contains("no token labelled \"no-such-token\""),
+            "{message}"
+        );
+        assert!(
+            message.contains("\"conformance\""),
+            "lists the tokens: {message}"
+        );
         assert!(!message.contains(PIN));
     }
 
@@ -586,7 +616,15 @@ mod child {
         ];
         assert_eq!(
             inspector.bools(private[0], &types),
-            [Some(true), Some(false), Some(false), Some(true), Some(false), Some(true), Some(true)],
+            [
+                Some(true),
+                Some(false),
+                Some(false),
+                Some(true),
+                Some(false),
+                Some(true),
+                Some(true)
+            ],
         );
         let bits = inspector
             .session
@@ -665,7 +703,10 @@ mod child {
                         .unwrap();
                     assert_eq!(spki_of(key_type, &attrs), material.public_key_der());
                 } else {
-                    assert_eq!((private, sensitive, extractable), (Some(true), Some(true), Some(false)));
+                    assert_eq!(
+                        (private, sensitive, extractable),
+                        (Some(true), Some(true), Some(false))
+                    );
                     let expected: &[AttributeType] = match class {
                         c if c == ObjectClass::SECRET_KEY => {
                             &[AttributeType::Encrypt, AttributeType::Unwrap]
