@@ -32,13 +32,12 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 use super::super::client::{ApiError, ErrorClass};
 use crate::framework::error::quote;
@@ -165,11 +164,6 @@ pub fn call_error(call: Call, err: &CkError) -> ApiError {
             &format!("{}: {other}", call.name()),
         ),
     }
-}
-
-/// The `CKR_` return value of an error made by [`call_error`], if any.
-pub fn rv_of(err: &ApiError) -> &str {
-    &err.code
 }
 
 /// A refusal of ours, with a message that says what to fix.
@@ -745,15 +739,6 @@ impl TokenState {
         }
     }
 }
-
-/// A mechanism's availability for unwrapping on the token.
-pub fn can_unwrap(ctx: &Pkcs11, slot: Slot, mechanism: MechanismType) -> bool {
-    ctx.get_mechanism_info(slot, mechanism)
-        .is_ok_and(|info| info.unwrap())
-}
-
-/// Bytes that never reach a log: the ephemeral key.
-pub type Secret32 = Zeroizing<[u8; 32]>;
 
 #[cfg(test)]
 mod tests {
