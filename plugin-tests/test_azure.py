@@ -186,7 +186,10 @@ def assert_fake_matches(
     fake: AzureKeyVaultFake, server: BaoServer, kms: str, key: str,
     publics: dict[int, str], *, protection: str, purposes: set[str], min_enabled: int = 1,
 ) -> list[KeyVersion]:
-    """Every Vault version is exactly one Azure version, holding Vault's key, in order."""
+    """Every Vault version is exactly one Azure version, holding Vault's key; the latest is current.
+
+    Earlier versions may be imported in parallel, so their Azure order is free.
+    """
     record = distribution(server, kms, key)
     name = record["name"]
     assert re.fullmatch(re.escape(key) + r"-\d{10}", name), name
@@ -194,9 +197,13 @@ def assert_fake_matches(
     stored = fake.versions(name)
     recorded = {int(v): azure for v, azure in record["versions"].items()}
     assert sorted(recorded) == sorted(publics), (recorded, sorted(publics))
-    assert [v.version for v in stored] == [recorded[v] for v in sorted(recorded)], "one Azure version per Vault version"
+    assert sorted(v.version for v in stored) == sorted(recorded.values()), "one Azure version per Vault version"
+    assert len(stored) == len(recorded), "one Azure version per Vault version"
+    if recorded:
+        assert stored[-1].version == recorded[max(recorded)], "the latest Vault version is the current Azure one"
+    by_id = {v.version: v for v in stored}
     family = "RSA" if all(isinstance(v.private_key, rsa.RSAPrivateKey) for v in stored) else "EC"
-    for vault_version, azure in zip(sorted(recorded), stored):
+    for vault_version, azure in ((v, by_id[recorded[v]]) for v in sorted(recorded)):
         assert azure.private_key.public_key().public_numbers() == public_numbers(publics[vault_version])
         assert azure.tags == {"vault_version": str(vault_version)}
         assert azure.kty == (f"{family}-HSM" if protection == "hsm" else family)
@@ -395,6 +402,139 @@ def test_one_key_exchange_key_per_distribution(server: BaoServer, fake: AzureKey
     assert fake.kek_count_alive() == 0
     assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="hsm",
                         purposes={"encrypt", "decrypt"})
+
+
+def test_versions_are_imported_in_parallel_and_the_latest_last(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str
+) -> None:
+    """With the list permission, earlier versions go up to 8 at once; the latest goes last."""
+    prepare(server, kms, key, versions=12)
+    fake.set_latency(0.1)
+    fake.reset_max_in_flight()
+    try:
+        distribute(server, kms, key, "sign", "hsm")
+    finally:
+        fake.set_latency(0)
+    assert fake.max_in_flight() == 8, "bounded by KEYMGMT_IMPORT_CONCURRENCY's default"
+    name = distribution(server, kms, key)["name"]
+    lists = [r for r in vault_requests(fake) if r.method == "GET" and r.path == f"/keys/{name}/versions"]
+    assert len(lists) == 1, "versions are listed once per run"
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="hsm",
+                        purposes={"sign"})
+
+
+def test_without_the_list_permission_versions_go_one_at_a_time(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str
+) -> None:
+    prepare(server, kms, key, versions=5)
+
+    def deny_list(original: Callable[[Any], Any], request: Any) -> Any:
+        if request.method == "GET" and request.path.endswith("/versions"):
+            return Response(403, {"error": {"code": "Forbidden",
+                                            "message": "The user does not have keys list permission."}})
+        return original(request)
+
+    fake.set_latency(0.05)
+    fake.reset_max_in_flight()
+    try:
+        with intercept(fake, deny_list):
+            distribute(server, kms, key, "sign", "software")
+    finally:
+        fake.set_latency(0)
+    assert fake.max_in_flight() == 1
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="software",
+                        purposes={"sign"})
+    assert any("may not list key versions" in srv.log_text() for srv in SERVERS)
+
+
+def test_a_name_held_by_a_deleted_key_is_never_reused(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str
+) -> None:
+    """Redistributing within the second of a removal would reuse `<key>-<seconds>`."""
+    prepare(server, kms, key, versions=2)
+    now = int(time.time())
+    held = {f"{key}-{t}" for t in range(now, now + 3)}
+    for name in held:
+        fake.hold_deleted(name)
+    distribute(server, kms, key, "sign", "hsm")
+    first = distribution(server, kms, key)["name"]
+    assert first not in held and int(first.rsplit("-", 1)[1]) >= now + 3, first
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="hsm",
+                        purposes={"sign"})
+    # Remove and redistribute at once, twice: never the removed name.
+    names = [first]
+    for _ in range(2):
+        cli(server, "delete", f"keymgmt/kms/{kms}/key/{key}")
+        distribute(server, kms, key, "sign", "hsm")
+        names.append(distribution(server, kms, key)["name"])
+    assert len(set(names)) == 3, names
+    assert set(names[:2]) <= set(fake.deleted_keys())
+
+    # A collision the check misses (it says nothing is deleted) fails with
+    # Azure's 409; the repeated command picks a free name.
+    cli(server, "delete", f"keymgmt/kms/{kms}/key/{key}")
+    blind = []
+
+    def hide_deleted(original: Callable[[Any], Any], request: Any) -> Any:
+        if request.method == "GET" and request.path.startswith("/deletedkeys/"):
+            blind.append(request.path)
+            return Response(404, {"error": {"code": "KeyNotFound", "message": "Deleted Key not found"}})
+        return original(request)
+
+    fake.hold_deleted(f"{key}-{int(time.time())}")
+    fake.hold_deleted(f"{key}-{int(time.time()) + 1}")
+    with intercept(fake, hide_deleted):
+        result = distribute(server, kms, key, "sign", "hsm", check=False)
+    if result.returncode != 0:
+        assert "Code: 400" in result.stderr and "409" in result.stderr, result.stderr
+    distribute(server, kms, key, "sign", "hsm")
+    assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="hsm",
+                        purposes={"sign"})
+
+
+def deleted_keks(fake: AzureKeyVaultFake) -> set[str]:
+    return {n for n in fake.deleted_keys() if n.startswith("keymgmt-kek-")}
+
+
+def test_exchange_keys_are_purged_after_deletion(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str
+) -> None:
+    prepare(server, kms, key, versions=2)
+    before = deleted_keks(fake)
+    distribute(server, kms, key, "sign", "hsm")
+    deadline = time.monotonic() + 10
+    while deleted_keks(fake) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not deleted_keks(fake) - before, "the exchange key was purged"
+    purges = [r for r in vault_requests(fake) if r.method == "DELETE" and r.path.startswith("/deletedkeys/keymgmt-kek-")]
+    assert purges and all(r.status == 204 for r in purges[-1:])
+
+
+def test_without_the_purge_permission_exchange_keys_stay_deleted(
+    start_server: Callable[..., BaoServer], fake: AzureKeyVaultFake, key: str
+) -> None:
+    """Said once per provider; the deleted exchange keys stay until their retention ends."""
+    srv = start_server()
+    kms = "az-nopurge"
+    configure_kms(srv, fake, kms)
+    denied = []
+
+    def deny_purge(original: Callable[[Any], Any], request: Any) -> Any:
+        if request.method == "DELETE" and request.path.startswith("/deletedkeys/"):
+            denied.append(request.path)
+            return Response(403, {"error": {"code": "Forbidden",
+                                            "message": "The user does not have keys purge permission."}})
+        return original(request)
+
+    before = deleted_keks(fake)
+    with intercept(fake, deny_purge):
+        for k in (f"{key}a", f"{key}b"):
+            prepare(srv, kms, k, versions=1)
+            distribute(srv, kms, k, "sign", "hsm")
+            time.sleep(0.5)
+    assert len(deleted_keks(fake) - before) == 2
+    assert len(denied) == 1, "a denial is not retried, and not tried again"
+    assert srv.log_text().count("may not purge deleted keys") == 1
 
 
 @pytest.mark.parametrize("protection", ["hsm", "software"])

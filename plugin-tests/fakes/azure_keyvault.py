@@ -563,6 +563,19 @@ class _Vault:
         with self._lock:
             return sorted(key.name for key in self._deleted.values())
 
+    def hold_deleted(self, name: str) -> None:
+        """A soft-deleted key under `name`, as a removal in the portal leaves it."""
+        now = _now()
+        version = KeyVersion(
+            name=name, version=uuid.uuid4().hex, kty="RSA", key_ops=["sign", "verify"],
+            private_key=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            origin="generated", enabled=True, created=now, updated=now,
+        )
+        with self._lock:
+            if name.lower() in self._keys:
+                raise ValueError(f"{name} is a live key")
+            self._deleted[name.lower()] = _Key(name, [version], deleted_date=now)
+
     def live_keks(self) -> int:
         with self._lock:
             return sum(1 for key in self._keys.values() if key.versions[-1].is_kek)
@@ -712,6 +725,10 @@ class AzureKeyVaultFake:
     def deleted_keys(self) -> list[str]:
         return self._vault.deleted_names()
 
+    def hold_deleted(self, name: str) -> None:
+        """Make `name` a soft-deleted key (recoverable or purgeable, not reusable)."""
+        self._vault.hold_deleted(name)
+
     def kek_count_alive(self) -> int:
         """Live keys whose current version is a key exchange key."""
         return self._vault.live_keks()
@@ -735,6 +752,17 @@ class AzureKeyVaultFake:
         (then served normally) or "drop" (connection closed, no response).
         """
         self._faults.add(method, path_regex, kind, times)
+
+    def set_latency(self, seconds: float, service: str = "vault") -> None:
+        """Make every request to `service` wait `seconds` before it is served."""
+        self._listeners[service].latency = seconds
+
+    def max_in_flight(self, service: str = "vault") -> int:
+        """The most requests to `service` served at once since the last reset."""
+        return self._listeners[service].max_in_flight
+
+    def reset_max_in_flight(self, service: str = "vault") -> None:
+        self._listeners[service].reset_max_in_flight()
 
     def expire_tokens(self) -> None:
         """Make every token issued so far expired, as if its lifetime had passed."""

@@ -486,7 +486,7 @@ class _GcpListener(Listener):
             self._on_crash(request, traceback.format_exc())
             return error_response("INTERNAL", "the fake raised; see its validation failures")
 
-    def serve(self, request: Request) -> Response | None:
+    def _serve(self, request: Request) -> Response | None:
         kind = self._faults.take(request.method, request.path)
         response: Response | None
         lost = False
@@ -1596,6 +1596,17 @@ class GcpKmsFake:
     def fail_next_imports(self, reason: str = "The import failed in the HSM.", times: int = 1) -> None:
         """Make the next well-formed imports end IMPORT_FAILED, as a backend fault would."""
         self._kms.forced_import_failures.extend([reason] * times)
+
+    def set_latency(self, seconds: float, service: str = "kms") -> None:
+        """Make every request to `service` wait `seconds` before it is served."""
+        self._listeners[service].latency = seconds
+
+    def max_in_flight(self, service: str = "kms") -> int:
+        """The most requests to `service` served at once since the last reset."""
+        return self._listeners[service].max_in_flight
+
+    def reset_max_in_flight(self, service: str = "kms") -> None:
+        self._listeners[service].reset_max_in_flight()
 
     def expire_tokens(self) -> None:
         self._auth.expire_all()

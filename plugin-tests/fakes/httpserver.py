@@ -132,6 +132,12 @@ class Listener:
                 self._server.socket, server_side=True, do_handshake_on_connect=False
             )
         self.scheme = "https" if tls is not None else "http"
+        # Seconds every request waits before it is served, as a far cloud
+        # region would answer; the wait holds no lock.
+        self.latency = 0.0
+        self._in_flight = 0
+        self.max_in_flight = 0
+        self._count_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(_POLL_INTERVAL,), name=f"fake-{service}", daemon=True
         )
@@ -155,6 +161,23 @@ class Listener:
         self._thread.join()
 
     def serve(self, request: Request) -> Response | None:
+        """Count the request in flight, wait `latency`, then serve it."""
+        with self._count_lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            if self.latency:
+                time.sleep(self.latency)
+            return self._serve(request)
+        finally:
+            with self._count_lock:
+                self._in_flight -= 1
+
+    def reset_max_in_flight(self) -> None:
+        with self._count_lock:
+            self.max_in_flight = self._in_flight
+
+    def _serve(self, request: Request) -> Response | None:
         """Apply any injected fault, then the handler; None means drop."""
         kind = self._faults.take(request.method, request.path)
         response: Response | None

@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 
 use super::distribution::Distribution;
 use super::keys::Key;
-use super::provider::{ImportRequest, ImportSession, Protection, Purpose, VersionState};
+use super::provider::{
+    ImportRequest, ImportSession, KmsProvider, Protection, ProviderError, Purpose, VersionState,
+};
 use super::state::KeyManagement;
 use crate::framework::Error;
 use crate::framework::error::quote;
@@ -31,6 +33,42 @@ struct Batch<'a> {
     /// Versions an earlier attempt started.
     resumed: &'a BTreeSet<u32>,
     context: &'a str,
+}
+
+/// Gives a record that holds no version yet a provider-side name no
+/// deleted key holds, trying later seconds: `<key>-<unix seconds>` is
+/// reused when a key is distributed again within the second it was
+/// removed. Returns whether the name changed.
+async fn free_name(
+    client: &dyn KmsProvider,
+    key: &Key,
+    record: &mut Distribution,
+) -> Result<bool, ProviderError> {
+    const ATTEMPTS: i64 = 5;
+    let original = record.name.clone();
+    let mut second = original
+        .rsplit_once('-')
+        .and_then(|(_, s)| s.parse::<i64>().ok())
+        .unwrap_or_default();
+    for _ in 0..ATTEMPTS {
+        if client.name_available(&record.target(key)).await? {
+            if record.name != original {
+                log::info!(
+                    "a deleted key holds {original}; distributing key {} as {}",
+                    key.name,
+                    record.name
+                );
+                // Nothing under the old name is ours to look for.
+                record.started.clear();
+            }
+            return Ok(record.name != original);
+        }
+        second = (second + 1).max(OffsetDateTime::now_utc().unix_timestamp());
+        record.name = format!("{}-{second}", key.name);
+    }
+    Err(ProviderError::Rejected(format!(
+        "deleted keys hold {original} and the {ATTEMPTS} names after it; purge them or try again later"
+    )))
 }
 
 /// The desired state of every recorded version.
@@ -75,7 +113,13 @@ impl KeyManagement {
             .client(provider)
             .await
             .map_err(|e| e.context(&context))?;
-        if created {
+        let renamed = match record.versions.is_empty() {
+            true => free_name(client.as_ref(), key, &mut record)
+                .await
+                .map_err(|e| Error::from(e).context(&context))?,
+            false => false,
+        };
+        if created || renamed {
             self.distributions.put(provider, &key.name, &record).await?;
         }
         let target = record.target(key);

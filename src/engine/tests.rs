@@ -918,3 +918,24 @@ async fn rotation_reaches_every_provider_at_once() {
     assert_eq!(state.max_in_flight, 3, "one import per provider, at once");
     assert!(state.keys.values().all(|v| v.len() == 2));
 }
+
+#[tokio::test]
+async fn a_name_held_by_a_deleted_key_is_replaced() {
+    let h = Harness::new().await;
+    h.azure_with("k", "ecdsa-p256").await;
+    h.provider.state().soft_delete = true;
+    let mut names = Vec::new();
+    // Within one second: the same `<key>-<seconds>` each time, taken.
+    for _ in 0..3 {
+        h.ok("write", "kms/az/key/k", json!({"purpose": "sign"}))
+            .await;
+        let read = h.ok("read", "kms/az/key/k", Value::Null).await;
+        names.push(read["name"].as_str().unwrap().to_owned());
+        h.ok("delete", "kms/az/key/k", Value::Null).await;
+    }
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("k-")), "{names:?}");
+}

@@ -289,6 +289,14 @@ pub trait KmsProvider: Send + Sync {
     /// Starts an import run for `target`.
     fn begin_import<'a>(&'a self, target: &'a Target) -> Box<dyn ImportSession + 'a>;
 
+    /// Whether `target.name` may be given to a new key: false when the
+    /// provider still holds a deleted key under it (Azure's soft delete).
+    /// Asked before the first import of a distribution; the engine then
+    /// picks another name.
+    async fn name_available(&self, _target: &Target) -> Result<bool, ProviderError> {
+        Ok(true)
+    }
+
     /// Makes `latest` the version applications get when they name the key
     /// (an AWS alias, a GCP primary version). Called after every run of
     /// imports that completed; must be cheap when nothing changes.

@@ -51,6 +51,8 @@ pub struct State {
     /// Import calls so far, and the one (1-based) that is to fail.
     pub import_calls: u32,
     pub fail_import_call: Option<u32>,
+    /// Whether removed names stay taken, as Azure's soft delete keeps them.
+    pub soft_delete: bool,
     pub max_in_flight: usize,
 }
 
@@ -192,6 +194,11 @@ impl KmsProvider for TestProvider {
             v.enabled = wanted.enabled;
         }
         Ok(Vec::new())
+    }
+
+    async fn name_available(&self, target: &Target) -> Result<bool, ProviderError> {
+        let state = self.state();
+        Ok(!(state.soft_delete && state.removed.contains(&target.name)))
     }
 
     async fn remove(

@@ -17,9 +17,10 @@ use azure_core::http::{RawResponse, RequestContent, StatusCode};
 use azure_security_keyvault_keys::KeyClient;
 use azure_security_keyvault_keys::models::{
     CreateKeyParameters, ImportKeyParameters, Key, KeyAttributes, KeyClientGetKeyOptions,
-    KeyClientUpdateKeyPropertiesOptions, UpdateKeyPropertiesParameters,
+    KeyClientUpdateKeyPropertiesOptions, KeyProperties, UpdateKeyPropertiesParameters,
 };
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 
 use super::super::ProviderError;
 use super::super::client::retry::{
@@ -40,6 +41,12 @@ pub enum Op {
     Update,
     /// `DELETE /keys/{name}`.
     Delete,
+    /// `GET /keys/{name}/versions`.
+    List,
+    /// `GET /deletedkeys/{name}`.
+    GetDeleted,
+    /// `DELETE /deletedkeys/{name}`.
+    Purge,
 }
 
 impl Op {
@@ -51,6 +58,9 @@ impl Op {
             Self::Get => "get",
             Self::Update => "update",
             Self::Delete => "delete",
+            Self::List => "list",
+            Self::GetDeleted => "get",
+            Self::Purge => "purge",
         }
     }
 
@@ -61,6 +71,9 @@ impl Op {
             Self::Get => "reading the key",
             Self::Update => "updating a key version",
             Self::Delete => "deleting the key",
+            Self::List => "listing the key's versions",
+            Self::GetDeleted => "reading the deleted key",
+            Self::Purge => "purging the deleted key",
         }
     }
 }
@@ -224,6 +237,15 @@ pub trait KeyVaultApi: Send + Sync {
     -> Result<(), AzureError>;
     /// `DELETE /keys/{name}`.
     async fn delete_key(&self, name: &str) -> Result<(), AzureError>;
+    /// `GET /keys/{name}/versions`, every page.
+    async fn versions(&self, name: &str) -> Result<Vec<KeyProperties>, AzureError>;
+    /// `GET /keys/{name}/{version}`.
+    async fn version(&self, name: &str, version: &str) -> Result<Key, AzureError>;
+    /// `GET /deletedkeys/{name}`: succeeds when a soft-deleted key holds
+    /// the name.
+    async fn deleted(&self, name: &str) -> Result<(), AzureError>;
+    /// `DELETE /deletedkeys/{name}`.
+    async fn purge(&self, name: &str) -> Result<(), AzureError>;
 }
 
 /// The official SDK client.
@@ -304,6 +326,33 @@ impl KeyVaultApi for SdkKeyVault {
         self.client.delete_key(name, None).await?;
         Ok(())
     }
+
+    async fn versions(&self, name: &str) -> Result<Vec<KeyProperties>, AzureError> {
+        let mut pager = self.client.list_key_properties_versions(name, None)?;
+        let mut all = Vec::new();
+        while let Some(version) = pager.try_next().await? {
+            all.push(version);
+        }
+        Ok(all)
+    }
+
+    async fn version(&self, name: &str, version: &str) -> Result<Key, AzureError> {
+        let options = KeyClientGetKeyOptions {
+            key_version: Some(version.to_owned()),
+            ..Default::default()
+        };
+        self.client.get_key(name, Some(options)).await?.into_model()
+    }
+
+    async fn deleted(&self, name: &str) -> Result<(), AzureError> {
+        self.client.get_deleted_key(name, None).await?;
+        Ok(())
+    }
+
+    async fn purge(&self, name: &str) -> Result<(), AzureError> {
+        self.client.purge_deleted_key(name, None).await?;
+        Ok(())
+    }
 }
 
 /// A Key Vault API with the provider's retry policy.
@@ -320,6 +369,10 @@ impl KeyVault {
     /// The vault host, for messages.
     pub fn vault(&self) -> &str {
         self.api.vault()
+    }
+
+    pub fn policy(&self) -> RetryPolicy {
+        self.policy
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retry
@@ -471,6 +524,9 @@ mod tests {
             (Op::Get, "get"),
             (Op::Update, "update"),
             (Op::Delete, "delete"),
+            (Op::List, "list"),
+            (Op::GetDeleted, "get"),
+            (Op::Purge, "purge"),
         ] {
             match classify(&http_error(403, &[], KV_ERROR), op, "kv1.vault.azure.net") {
                 Failure::Fatal(ProviderError::Permission(m)) => {

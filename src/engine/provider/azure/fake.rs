@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use aes_kw::KekAes256;
 use azure_core::error::{Error as AzureError, ErrorKind};
-use azure_security_keyvault_keys::models::{CreateKeyParameters, Key};
+use azure_security_keyvault_keys::models::{CreateKeyParameters, Key, KeyProperties};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -32,6 +32,9 @@ pub enum Call {
     Get,
     Update,
     Delete,
+    List,
+    GetDeleted,
+    Purge,
 }
 
 /// What an injected fault does.
@@ -159,6 +162,11 @@ impl FakeKeyVault {
         }
     }
 
+    /// A soft-deleted key under `name`, as a removal leaves it.
+    pub fn hold_deleted(&self, name: &str) {
+        self.state.lock().unwrap().deleted.insert(name.to_owned());
+    }
+
     pub fn is_deleted(&self, name: &str) -> bool {
         self.state.lock().unwrap().deleted.contains(name)
     }
@@ -170,6 +178,17 @@ impl FakeKeyVault {
             .calls
             .iter()
             .filter(|c| **c == call)
+            .count()
+    }
+
+    /// Soft-deleted key-exchange keys, not purged yet.
+    pub fn deleted_keks(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .deleted
+            .iter()
+            .filter(|k| k.starts_with("keymgmt-kek-"))
             .count()
     }
 
@@ -468,6 +487,62 @@ impl KeyVaultApi for FakeKeyVault {
                 }
                 None => Err(not_found(name)),
             }
+        };
+        Self::end(fault, result)
+    }
+
+    async fn versions(&self, name: &str) -> Result<Vec<KeyProperties>, AzureError> {
+        let fault = self.begin(Call::List)?;
+        let result = {
+            let state = self.state.lock().unwrap();
+            match state.keys.get(name) {
+                Some(versions) => Ok(versions
+                    .iter()
+                    .map(|v| {
+                        serde_json::from_value(json!({
+                            "kid": format!("{VAULT}/keys/{name}/{}", v.id),
+                            "attributes": {"enabled": v.enabled},
+                            "tags": v.tags,
+                        }))
+                        .unwrap()
+                    })
+                    .collect()),
+                None => Err(not_found(name)),
+            }
+        };
+        Self::end(fault, result)
+    }
+
+    async fn version(&self, name: &str, version: &str) -> Result<Key, AzureError> {
+        let fault = self.begin(Call::Get)?;
+        let result = {
+            let state = self.state.lock().unwrap();
+            match state
+                .keys
+                .get(name)
+                .and_then(|v| v.iter().find(|v| v.id == version))
+            {
+                Some(found) => Ok(Self::bundle(name, found)),
+                None => Err(not_found(name)),
+            }
+        };
+        Self::end(fault, result)
+    }
+
+    async fn deleted(&self, name: &str) -> Result<(), AzureError> {
+        let fault = self.begin(Call::GetDeleted)?;
+        let result = match self.state.lock().unwrap().deleted.contains(name) {
+            true => Ok(()),
+            false => Err(not_found(name)),
+        };
+        Self::end(fault, result)
+    }
+
+    async fn purge(&self, name: &str) -> Result<(), AzureError> {
+        let fault = self.begin(Call::Purge)?;
+        let result = match self.state.lock().unwrap().deleted.remove(name) {
+            true => Ok(()),
+            false => Err(not_found(name)),
         };
         Self::end(fault, result)
     }

@@ -15,15 +15,21 @@
 //! over TLS with `Hsm: false`.
 //!
 //! Repeating an import is safe: each Azure version is tagged
-//! `vault_version=<n>`, and before every import attempt the key's current
-//! version is read; if it carries the tag and our public key, a previous
-//! attempt succeeded without us hearing back and its id is returned. The
-//! current version suffices because the engine imports versions in order
-//! and records each before the next. (Listing versions would need the
-//! `list` permission, which Vault's documented permission set lacks.)
-//! What this cannot catch is an import the service is still processing
+//! `vault_version=<n>`. Where the identity has the `list` permission
+//! (Vault's documented permission set lacks it), the run lists the key's
+//! versions once, imports the earlier versions in parallel, and looks for
+//! a resumed or lost import among the listed versions with that tag,
+//! comparing the public key. Without `list`, versions are imported one at
+//! a time and the key's current version is read before each import: that
+//! suffices because each is recorded before the next starts.
+//! What neither can catch is an import the service is still processing
 //! when our 30 s request timeout fires: if it completes after our retry,
 //! the key gets a second version with the same material and tag.
+//!
+//! Names: a distribution's name is checked against the vault's
+//! soft-deleted keys before its first import, and the engine picks another
+//! if a deleted key holds it. Exchange keys are purged after deletion, in
+//! the background, where the identity has the `purge` permission.
 
 mod auth;
 mod byok;
@@ -38,13 +44,13 @@ use std::time::Instant;
 
 use azure_core::error::{Error as AzureError, ErrorKind};
 use azure_core::http::StatusCode;
-use azure_security_keyvault_keys::models::Key;
+use azure_security_keyvault_keys::models::{Key, KeyProperties};
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions};
 use bytes::Bytes;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::client::process_env;
-use super::client::retry::RetryPolicy;
+use super::client::retry::{self, RetryPolicy};
 use super::registry::{Credential, Descriptor, any_purposes};
 use super::{
     ImportRequest, ImportSession, KmsProvider, NewId, Protection, ProviderConfig, ProviderError,
@@ -138,16 +144,35 @@ pub fn connect(config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, Provider
 
 /// One configured `azurekeyvault` provider.
 pub struct AzureKeyVault {
-    vault: KeyVault,
+    vault: Arc<KeyVault>,
+    /// Set once purging an exchange key was denied, so that it is said once.
+    purge_denied: Arc<AtomicBool>,
+    /// Set once listing versions was denied, so that it is said once.
+    list_denied: AtomicBool,
 }
 
 impl AzureKeyVault {
     /// The provider over any Key Vault API (the SDK, or a test double).
     pub fn new(api: Arc<dyn KeyVaultApi>, retry: RetryPolicy) -> Self {
         Self {
-            vault: KeyVault::new(api, retry),
+            vault: Arc::new(KeyVault::new(api, retry)),
+            purge_denied: Arc::default(),
+            list_denied: AtomicBool::new(false),
         }
     }
+}
+
+/// Azure version ids of a key by the Vault version they are tagged with.
+type Tagged = Vec<(u32, String)>;
+
+fn tagged(listed: Vec<KeyProperties>) -> Tagged {
+    listed
+        .into_iter()
+        .filter_map(|p| {
+            let tag = p.tags.as_ref()?.get(byok::VERSION_TAG)?.parse().ok()?;
+            Some((tag, client::version_of(p.kid.as_deref()?)?.to_owned()))
+        })
+        .collect()
 }
 
 /// A key-exchange key created in the vault for one import run.
@@ -261,6 +286,77 @@ impl AzureKeyVault {
         Ok(key.and_then(|k| matching_version(&k, version, material)))
     }
 
+    /// The key's versions by their Vault version tag; `None` when the
+    /// identity may not list them.
+    async fn tagged_versions(&self, name: &str) -> Result<Option<Tagged>, ProviderError> {
+        let vault = &self.vault;
+        match vault.call(Op::List, |_| vault.api.versions(name)).await {
+            Ok(listed) => Ok(Some(tagged(listed.unwrap_or_default()))),
+            Err(ProviderError::Permission(_)) => {
+                if !self.list_denied.swap(true, Ordering::SeqCst) {
+                    log::info!(
+                        "azure key vault: the identity may not list key versions in {}; versions are imported one at a time (grant the list key permission to import them in parallel)",
+                        vault.vault()
+                    );
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The Azure version among `tagged` that holds Vault `version` of
+    /// `material` (tag and public key both match).
+    async fn find_tagged(
+        &self,
+        name: &str,
+        tagged: &[(u32, String)],
+        version: u32,
+        material: &KeyMaterial,
+    ) -> Result<Option<String>, AzureError> {
+        for (_, id) in tagged.iter().filter(|(v, _)| *v == version) {
+            match self.vault.api.version(name, id).await {
+                Ok(key) => {
+                    if let Some(found) = matching_version(&key, version, material) {
+                        return Ok(Some(found));
+                    }
+                }
+                Err(e) if e.http_status() == Some(StatusCode::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether an earlier attempt whose answer was lost imported `version`:
+    /// the latest version tells when imports run one at a time; otherwise
+    /// the versions are listed again.
+    async fn lost_import(
+        &self,
+        name: &str,
+        version: u32,
+        material: &KeyMaterial,
+        parallel: bool,
+    ) -> Result<Option<String>, AzureError> {
+        let api = &self.vault.api;
+        let not_found = |e: &AzureError| e.http_status() == Some(StatusCode::NotFound);
+        if parallel {
+            return match api.versions(name).await {
+                Ok(listed) => {
+                    self.find_tagged(name, &tagged(listed), version, material)
+                        .await
+                }
+                Err(e) if not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        match api.latest(name).await {
+            Ok(key) => Ok(matching_version(&key, version, material)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Imports `body` under `target.name`, checking before each retry
     /// whether a lost earlier attempt already succeeded.
     async fn import_body(
@@ -269,6 +365,7 @@ impl AzureKeyVault {
         version: u32,
         material: &KeyMaterial,
         body: &SecretBody,
+        parallel: bool,
     ) -> Result<String, ProviderError> {
         let vault = &self.vault;
         let name = target.name.as_str();
@@ -276,16 +373,11 @@ impl AzureKeyVault {
             .call_found(Op::Import, &format!("key {name:?}"), |failures| {
                 let content = body.bytes();
                 async move {
-                    if failures > 0 {
-                        match vault.api.latest(name).await {
-                            Ok(key) => {
-                                if let Some(id) = matching_version(&key, version, material) {
-                                    return Ok(id);
-                                }
-                            }
-                            Err(e) if e.http_status() == Some(StatusCode::NotFound) => {}
-                            Err(e) => return Err(e),
-                        }
+                    if failures > 0
+                        && let Some(id) =
+                            self.lost_import(name, version, material, parallel).await?
+                    {
+                        return Ok(id);
                     }
                     kid_version(&vault.api.import_key(name, content).await?)
                 }
@@ -315,17 +407,79 @@ impl AzureKeyVault {
         }
     }
 
-    /// Deletes a key-exchange key; a failure is logged, not returned: the
-    /// KEK expires within a day anyway, and the import it served is done.
+    /// Deletes a key-exchange key, then purges it in the background; a
+    /// failure is logged, not returned: the KEK expires within a day
+    /// anyway, and the import it served is done.
     async fn delete_kek(&self, name: &str) {
         let vault = &self.vault;
         // 404 is fine.
-        if let Err(e) = vault.call(Op::Delete, |_| vault.api.delete_key(name)).await {
-            log::warn!(
+        match vault.call(Op::Delete, |_| vault.api.delete_key(name)).await {
+            Ok(_) => self.purge_later(name.to_owned()),
+            Err(e) => log::warn!(
                 "azure key vault: could not delete key-exchange key {name} in {} (it expires within a day; delete it by hand): {e}",
                 vault.vault()
-            );
+            ),
         }
+    }
+
+    /// Purges a deleted key-exchange key, so that it does not sit among the
+    /// vault's deleted keys for the whole retention period. Azure finishes
+    /// a deletion asynchronously, so a 409 (still being deleted) is retried
+    /// like a transient failure. Without the `purge` permission it is said
+    /// once per provider, and the deleted exchange keys stay until their
+    /// retention ends.
+    fn purge_later(&self, name: String) {
+        let (vault, denied) = (self.vault.clone(), self.purge_denied.clone());
+        if denied.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::spawn(async move {
+            let label = format!("azure key vault: purging key-exchange key {name}");
+            let result = retry::run(&vault.policy(), &label, |_| {
+                let (vault, name) = (&vault, &name);
+                async move {
+                    let Err(e) = vault.api.purge(name).await else {
+                        return Ok(());
+                    };
+                    match e.http_status().map(u16::from) {
+                        Some(404) => Ok(()),
+                        Some(409) => Err(retry::Failure::Transient {
+                            retry_after: None,
+                            detail: "the key is still being deleted".into(),
+                        }),
+                        _ => match client::classify(&e, Op::Purge, vault.vault()) {
+                            client::Failure::Transient {
+                                retry_after,
+                                detail,
+                            } => Err(retry::Failure::Transient {
+                                retry_after,
+                                detail,
+                            }),
+                            client::Failure::NotFound => Ok(()),
+                            client::Failure::Fatal(e) => Err(retry::Failure::Final(e)),
+                        },
+                    }
+                }
+            })
+            .await;
+            match result {
+                Ok(()) => log::debug!("azure key vault: purged key-exchange key {name}"),
+                Err(retry::Stop::Final(ProviderError::Permission(_))) => {
+                    if !denied.swap(true, Ordering::SeqCst) {
+                        log::warn!(
+                            "azure key vault: the identity may not purge deleted keys in {}; deleted key-exchange keys stay among the vault's deleted keys until its retention period ends (grant the purge key permission to remove them)",
+                            vault.vault()
+                        );
+                    }
+                }
+                Err(retry::Stop::Final(e)) => {
+                    log::warn!("azure key vault: could not purge key-exchange key {name}: {e}")
+                }
+                Err(retry::Stop::GaveUp { detail, .. }) => {
+                    log::warn!("azure key vault: could not purge key-exchange key {name}: {detail}")
+                }
+            }
+        });
     }
 
     /// BYOK: wraps under `kek` and imports. Returns the version id and the
@@ -335,6 +489,7 @@ impl AzureKeyVault {
         target: &Target,
         request: &ImportRequest<'_>,
         kek: &Key,
+        parallel: bool,
     ) -> Result<(String, std::time::Duration), ProviderError> {
         let jwk = kek.key.as_ref();
         let (Some(kid), Some(n), Some(e)) = (
@@ -363,7 +518,7 @@ impl AzureKeyVault {
         })?;
         let body = SecretBody::new(Zeroizing::new(body));
         let id = self
-            .import_body(target, request.version, request.material, &body)
+            .import_body(target, request.version, request.material, &body, parallel)
             .await?;
         Ok((id, wrap_time))
     }
@@ -376,9 +531,41 @@ struct AzureImport<'a> {
     target: &'a Target,
     kek: tokio::sync::Mutex<Option<KekInVault>>,
     touched: AtomicBool,
+    /// The key's tagged versions when the run began, listed at most once;
+    /// `None` inside when the identity may not list.
+    listing: tokio::sync::OnceCell<Option<Tagged>>,
+    /// Whether imports of this run may be in flight together.
+    parallel: AtomicBool,
 }
 
 impl AzureImport<'_> {
+    async fn listing(&self) -> Result<&Option<Tagged>, ProviderError> {
+        self.listing
+            .get_or_try_init(|| self.provider.tagged_versions(&self.target.name))
+            .await
+    }
+
+    /// The Azure version an earlier attempt made for `request`, if any.
+    /// Imports in flight together are told apart by listing; one at a
+    /// time, the latest version tells.
+    async fn earlier(&self, request: &ImportRequest<'_>) -> Result<Option<String>, ProviderError> {
+        let (provider, name) = (self.provider, &self.target.name);
+        if (self.parallel.load(Ordering::SeqCst) || request.resume)
+            && let Some(tagged) = self.listing().await?
+        {
+            let vault = &provider.vault;
+            return vault
+                .call(Op::Get, |_| {
+                    provider.find_tagged(name, tagged, request.version, request.material)
+                })
+                .await
+                .map(Option::flatten);
+        }
+        provider
+            .existing(self.target, request.version, request.material)
+            .await
+    }
+
     /// Records whether an import may have changed the target: anything
     /// but a refusal may have (a lost answer, an outage mid-way).
     fn note(&self, result: Result<String, ProviderError>) -> Result<String, ProviderError> {
@@ -413,9 +600,15 @@ impl ImportSession for AzureImport<'_> {
         byok::azure_kty(request.material, target.protection)?;
         let started = Instant::now();
         let version = request.version;
-        // One GET, whether or not an earlier attempt is known to have
-        // started: it is cheap, and it also covers a lost response.
-        if let Some(id) = provider.existing(target, version, request.material).await? {
+        let parallel = self.parallel.load(Ordering::SeqCst);
+        // One at a time, one GET whether or not an earlier attempt is known
+        // to have started: it is cheap. In parallel only a resumed import
+        // looks, in the versions listed when the run began.
+        let earlier = match parallel && !request.resume {
+            true => None,
+            false => self.earlier(&request).await?,
+        };
+        if let Some(id) = earlier {
             log::info!(
                 "azure key vault: version {version} of {} is already in {} as {id}; recording it",
                 target.name,
@@ -432,13 +625,15 @@ impl ImportSession for AzureImport<'_> {
                     request.enabled,
                 )?);
                 let imported = provider
-                    .import_body(target, version, request.material, &body)
+                    .import_body(target, version, request.material, &body, parallel)
                     .await;
                 (self.note(imported)?, std::time::Duration::ZERO)
             }
             Protection::Hsm => {
                 let kek = self.kek().await?;
-                let imported = provider.wrap_and_import(target, &request, &kek).await;
+                let imported = provider
+                    .wrap_and_import(target, &request, &kek, parallel)
+                    .await;
                 match imported {
                     Ok((id, wrap)) => (self.note(Ok(id))?, wrap),
                     Err(e) => return self.note(Err(e)),
@@ -461,6 +656,19 @@ impl ImportSession for AzureImport<'_> {
         Ok(id)
     }
 
+    /// In parallel where the identity may list the key's versions: a
+    /// resumed or lost import is then found by its tag among them.
+    async fn concurrency(&self, versions: usize) -> Result<usize, ProviderError> {
+        check_name(&self.target.name)?;
+        match self.listing().await? {
+            Some(_) => {
+                self.parallel.store(true, Ordering::SeqCst);
+                Ok(versions)
+            }
+            None => Ok(1),
+        }
+    }
+
     fn touched(&self) -> bool {
         self.touched.load(Ordering::SeqCst)
     }
@@ -480,7 +688,32 @@ impl KmsProvider for AzureKeyVault {
             target,
             kek: tokio::sync::Mutex::default(),
             touched: AtomicBool::new(false),
+            listing: tokio::sync::OnceCell::new(),
+            parallel: AtomicBool::new(false),
         })
+    }
+
+    /// A soft-deleted key keeps its name until it is purged: an import
+    /// under that name would get 409.
+    async fn name_available(&self, target: &Target) -> Result<bool, ProviderError> {
+        check_name(&target.name)?;
+        let vault = &self.vault;
+        match vault
+            .call(Op::GetDeleted, |_| vault.api.deleted(&target.name))
+            .await
+        {
+            Ok(deleted) => Ok(deleted.is_none()),
+            // Cannot tell; an import under a taken name fails with 409 and
+            // the repeat checks again.
+            Err(ProviderError::Permission(e)) => {
+                log::warn!(
+                    "azure key vault: cannot check for a deleted key named {}: {e}",
+                    target.name
+                );
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn set_enabled(
@@ -536,7 +769,88 @@ mod tests {
             let double = fake::AzureDouble::new(protection);
             super::super::conformance::run(&double, protection.as_str()).await;
             assert_eq!(double.fake.live_keks(), 0, "every exchange key is deleted");
+            purged(&double.fake).await;
         }
+    }
+
+    /// Waits for the background purges of deleted exchange keys.
+    async fn purged(fake: &fake::FakeKeyVault) {
+        for _ in 0..200 {
+            if fake.deleted_keks() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!(
+            "{} deleted exchange keys were not purged",
+            fake.deleted_keks()
+        );
+    }
+
+    fn target(name: &str) -> Target {
+        let double = fake::AzureDouble::new(Protection::Hsm);
+        crate::engine::provider::conformance::Double::target(&double, name)
+    }
+
+    #[tokio::test]
+    async fn without_list_imports_run_one_at_a_time() {
+        let fake = Arc::new(fake::FakeKeyVault::new());
+        let provider = AzureKeyVault::new(
+            fake.clone(),
+            RetryPolicy::with_base(std::time::Duration::from_millis(1)),
+        );
+        let target = target("k-1700000000");
+        let session = provider.begin_import(&target);
+        assert_eq!(session.concurrency(5).await.unwrap(), 5, "list allowed");
+        session.finish().await;
+        fake.inject(fake::Call::List, fake::Fault::Denied, 1);
+        let session = provider.begin_import(&target);
+        assert_eq!(session.concurrency(5).await.unwrap(), 1, "list denied");
+        session.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_name_held_by_a_deleted_key_is_not_available() {
+        let fake = Arc::new(fake::FakeKeyVault::new());
+        let provider = AzureKeyVault::new(
+            fake.clone(),
+            RetryPolicy::with_base(std::time::Duration::from_millis(1)),
+        );
+        let target = target("k-1700000000");
+        assert!(provider.name_available(&target).await.unwrap());
+        fake.hold_deleted(&target.name);
+        assert!(!provider.name_available(&target).await.unwrap());
+        // Without the permission to look, the name counts as free.
+        fake.inject(fake::Call::GetDeleted, fake::Fault::Denied, 1);
+        assert!(provider.name_available(&target).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn exchange_keys_are_purged_unless_denied() {
+        let double = fake::AzureDouble::new(Protection::Hsm);
+        let fake = double.fake.clone();
+        fake.inject(fake::Call::Purge, fake::Fault::Denied, 1);
+        let provider = crate::engine::provider::conformance::Double::provider(&double);
+        let target = target("k-1700000000");
+        let material = KeyMaterial::generate(target.key_type).unwrap();
+        for version in 1..=2 {
+            let session = provider.begin_import(&target);
+            session
+                .import(ImportRequest {
+                    version,
+                    material: &material,
+                    enabled: true,
+                    resume: false,
+                    recorded: &[],
+                })
+                .await
+                .unwrap();
+            session.finish().await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Denied once: said once, and not tried again by this provider.
+        assert_eq!(fake.calls(fake::Call::Purge), 1);
+        assert_eq!(fake.deleted_keks(), 2);
     }
 
     #[test]
