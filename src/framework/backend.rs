@@ -281,7 +281,10 @@ impl<B: Lifecycle> Backend<B> {
     fn help_reply(&self, request: &pb::Request) -> pb::HandleRequestReply {
         let mut data = Map::new();
         if request.path.is_empty() {
-            data.insert("help".into(), self.info.help.into());
+            data.insert(
+                "help".into(),
+                help::root_help(self.info.help, &self.paths).into(),
+            );
             data.insert(
                 "openapi".into(),
                 help::openapi_document(&self.paths, self.info.title, self.info.help),
@@ -702,6 +705,12 @@ mod tests {
         );
         assert!(root["openapi"]["paths"]["/thing/{name}"]["post"]["operationId"] == "writeThing");
         assert_eq!(root["openapi"]["info"]["title"], "Echo engine");
+        let listing = root["help"].as_str().unwrap();
+        let paths = listing.split("## PATHS").nth(1).expect("a PATHS section");
+        assert!(
+            paths.contains("\n    ^thing/") && paths.contains("\n        Manage things."),
+            "{listing}"
+        );
         let one = data_of(&b.handle_request(request("help", "thing/x", "")).await);
         let text = one["help"].as_str().unwrap();
         assert!(

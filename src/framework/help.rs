@@ -43,6 +43,23 @@ pub fn path_help<B>(request_path: &str, path: &Path<B>) -> String {
     text
 }
 
+/// The text `vault path-help <mount>/` prints: the backend's help, then
+/// every path with its one-line synopsis, in Vault's layout.
+pub fn root_help<B>(help: &str, paths: &[Path<B>]) -> String {
+    let mut text = format!(
+        "## DESCRIPTION\n\n{}\n\n## PATHS\n\nThe following paths are supported by this backend. To view help for\nany of the paths below, use the help command with any route matching\nthe path pattern. Note that depending on the policy of your auth token,\nyou may or may not be able to access certain paths.\n",
+        help.trim()
+    );
+    for path in paths {
+        text.push_str(&format!(
+            "\n    {}\n        {}\n",
+            path.route_regex(),
+            path.synopsis.trim()
+        ));
+    }
+    text
+}
+
 fn parameter_schema<B>(path: &Path<B>, name: &str) -> Value {
     let field = path.fields.iter().find(|f| f.name == name);
     json!({

@@ -1,0 +1,153 @@
+"""Parallel distribution: a many-version key against a one-version key, per provider.
+
+Run through scripts/bench-distribution. Every call to a cloud waits a fixed
+`--latency` (default 50 ms) before it is served, standing in for a cloud region
+far away: the Azure Key Vault and Cloud KMS fakes (plugin-tests/fakes/) delay
+every request they serve, and LocalStack is reached through the AWS fault
+proxy, which delays every call it forwards. All of it on 127.0.0.1.
+
+Two dev servers run the same plugin binary: one with the default import
+concurrency (KEYMGMT_IMPORT_CONCURRENCY unset: 8) and one with
+KEYMGMT_IMPORT_CONCURRENCY=1, the sequential peer measured in the same run.
+For each provider, `--keys` one-version keys are distributed (p50), then one
+key of `--versions` versions; the ratio of the two is the figure of merit
+(target: at most 3x in parallel; sequential import is about `--versions`x).
+Key creation and rotation are not timed. Google's CryptoKey versions have no
+labels, so Cloud KMS imports one version at a time in both modes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from fakes.aws_fault_proxy import AwsFaultProxy
+from fakes.azure_keyvault import FakeKeyVault
+from fakes.gcp_kms import FakeCloudKms
+from harness import MOUNT, BaoServer, cli, install_plugin, kill_plugins
+from localstack import LocalStack
+
+KEY_TYPE = "ecdsa-p256"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds every cloud call waits")
+    parser.add_argument("--keys", type=int, default=3, help="one-version keys per provider and mode")
+    parser.add_argument("--versions", type=int, default=50, help="versions of the many-version key")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-distribution-"))
+    localstack = LocalStack(tmp / "localstack")
+    proxy = AwsFaultProxy(localstack.endpoint, latency_s=args.latency, upstream_keep_alive=True).start()
+    azure_cm = FakeKeyVault()
+    azure = azure_cm.__enter__()
+    gcp_cm = FakeCloudKms(import_job_delay=0.0, version_delay=0.0)
+    gcp = gcp_cm.__enter__()
+    for service in ("vault", "login", "imds"):
+        azure.set_latency(args.latency, service)
+    for service in ("kms", "oauth2"):
+        gcp.set_latency(args.latency, service)
+    env = {
+        "KEYMGMT_AZURE_KEYVAULT_ENDPOINT": azure.vault_url, "AZURE_AUTHORITY_HOST": azure.authority_url,
+        "KEYMGMT_AZURE_IMDS_ENDPOINT": azure.imds_url, "KEYMGMT_AZURE_CA_FILE": azure.ca_pem_path,
+        "AZURE_TENANT_ID": None, "AZURE_CLIENT_ID": None, "AZURE_CLIENT_SECRET": None,
+        "KEYMGMT_GCP_KMS_ENDPOINT": gcp.kms_url, "KEYMGMT_GCP_CA_FILE": gcp.ca_pem_path,
+        "GOOGLE_CREDENTIALS": None, "GOOGLE_APPLICATION_CREDENTIALS": None, "GCE_METADATA_HOST": "127.0.0.1:9",
+        "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None,
+        "AWS_SESSION_TOKEN": None, "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+    modes = {"parallel": {}, "sequential": {"KEYMGMT_IMPORT_CONCURRENCY": "1"}}
+    servers = {mode: BaoServer(tmp / mode, env={**env, **extra}) for mode, extra in modes.items()}
+    access_key = "".join(random.choice("0123456789") for _ in range(12))
+    providers: dict[str, tuple[list[str], str, str]] = {
+        # Software protection: with BYOK the fake spends its own CPU generating
+        # each run's RSA exchange key, which would hide the calls' latency.
+        "azurekeyvault": (["provider=azurekeyvault", "key_collection=keyvault-name",
+                           *[f"credentials={k}={v}" for k, v in azure.credentials.items()]], "software", "sign,verify"),
+        "awskms": (["provider=awskms", "key_collection=us-east-1", f"credentials=access_key={access_key}",
+                    "credentials=secret_key=bench", f"credentials=endpoint={proxy.endpoint}"], "hsm", "sign,verify"),
+        "gcpckms": (["provider=gcpckms", f"key_collection={gcp.key_collection}",
+                     f"credentials=service_account_file={gcp.service_account_file}"], "hsm", "sign"),
+    }
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    try:
+        for mode, server in servers.items():
+            install_plugin(server)
+            s = requests.Session()
+            s.trust_env = False
+            s.headers["X-Vault-Token"] = server.token
+            base = f"{server.addr}/v1/{MOUNT}"
+            for index, (provider, (settings, protection, purpose)) in enumerate(providers.items()):
+                kms = f"p{index}"
+                cli(server, "write", f"{MOUNT}/kms/{kms}", *settings)
+
+                def distribute(name: str, kms: str = kms, protection: str = protection,
+                               purpose: str = purpose) -> float:
+                    t0 = time.perf_counter()
+                    r = s.post(f"{base}/kms/{kms}/key/{name}", json={"purpose": purpose, "protection": protection},
+                               timeout=900)
+                    elapsed = time.perf_counter() - t0
+                    if r.status_code not in (200, 204):
+                        raise RuntimeError(f"{provider}: distribute {name}: {r.status_code} {r.text[:300]}")
+                    return elapsed
+
+                def new_key(name: str, versions: int, server: BaoServer = server) -> None:
+                    cli(server, "write", f"{MOUNT}/key/{name}", f"type={KEY_TYPE}")
+                    for _ in range(versions - 1):
+                        cli(server, "write", "-f", f"{MOUNT}/key/{name}/rotate")
+
+                new_key(f"{kms}-warmup", 1)
+                distribute(f"{kms}-warmup")  # tokens, clients, import jobs
+                singles = []
+                for k in range(args.keys):
+                    new_key(f"{kms}-one-{k}", 1)
+                    singles.append(distribute(f"{kms}-one-{k}"))
+                new_key(f"{kms}-many", args.versions)
+                many = distribute(f"{kms}-many")
+                versions = s.get(f"{base}/kms/{kms}/key/{kms}-many", timeout=60).json()["data"]["versions"]
+                if len(versions) != args.versions:
+                    raise RuntimeError(f"{provider}: {len(versions)} of {args.versions} versions recorded")
+                one = statistics.median(singles)
+                results[(provider, mode)] = {"one_ms": one * 1000, "many_ms": many * 1000, "ratio": many / one}
+                log(f"{mode} {provider}: 1 version p50 {one * 1000:.0f} ms, "
+                    f"{args.versions} versions {many * 1000:.0f} ms ({many / one:.1f}x)")
+    finally:
+        for server in servers.values():
+            server.stop()
+            kill_plugins(server)
+        proxy.stop()
+        gcp_cm.__exit__(None, None, None)
+        azure_cm.__exit__(None, None, None)
+        localstack.stop()
+
+    print(f"Distribution of one {KEY_TYPE} key, every cloud call delayed {args.latency * 1000:.0f} ms; "
+          f"1 version p50 of {args.keys} keys vs one {args.versions}-version key; "
+          f"parallel = default concurrency (8), sequential = KEYMGMT_IMPORT_CONCURRENCY=1 (same run)")
+    header = (f"{'provider':<18} {'mode':<10} {'1 version':>10} {f'{args.versions} versions':>13} "
+              f"{'ratio':>7} {'vs sequential':>14}")
+    print(header)
+    print("-" * len(header))
+    for (provider, mode), r in results.items():
+        sequential = results.get((provider, "sequential"))
+        speedup = f"{sequential['many_ms'] / r['many_ms']:.1f}x faster" if sequential and mode == "parallel" else ""
+        print(f"{provider:<18} {mode:<10} {r['one_ms']:>7.0f} ms {r['many_ms']:>10.0f} ms "
+              f"{r['ratio']:>6.1f}x {speedup:>14}")
+    print(json.dumps({f"{p} {m}": r for (p, m), r in results.items()}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
