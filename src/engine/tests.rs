@@ -14,6 +14,8 @@ use crate::runtime::backend::LogicalBackend;
 use crate::runtime::proto::pb;
 use crate::runtime::storage::InMemoryStorage;
 
+mod rotation;
+
 struct Harness {
     backend: Backend<super::KeyManagement>,
     provider: TestProvider,
