@@ -30,7 +30,10 @@ from harness import MOUNT, BaoServer, cli, http, read_key, register_secret, stor
 
 FreshServer = Callable[[], BaoServer]
 
-KEY_FIELDS = {"name", "type", "deletion_allowed", "latest_version", "min_enabled_version", "versions"}
+# With no rotation schedule: `auto_rotate_period` reads 0 (as in transit), and
+# `next_rotation_time` and `pending_pushes` are absent (test_rotation.py).
+KEY_FIELDS = {"name", "type", "deletion_allowed", "latest_version", "min_enabled_version", "versions",
+              "auto_rotate_period"}
 
 # type -> what its public key must be (None: symmetric, no public key).
 KEY_TYPES: dict[str, tuple[str, Any] | None] = {
@@ -146,6 +149,7 @@ def check_key(
     assert data["deletion_allowed"] is deletion_allowed
     assert data["latest_version"] == latest
     assert data["min_enabled_version"] == min_enabled
+    assert data["auto_rotate_period"] == 0
     versions = data["versions"]
     assert isinstance(versions, dict)
     expected = shown if shown is not None else list(range(min_enabled, latest + 1))

@@ -48,11 +48,23 @@ pub struct Key {
     /// Regions a multi-Region (awskms) copy is replicated to; fixed at
     /// creation.
     pub replica_regions: Vec<String>,
+    /// Seconds between scheduled rotations, counted from the latest
+    /// version's creation time; 0 is off.
+    pub auto_rotate_period: u64,
 }
 
 impl Key {
     /// A new key with version 1.
     pub async fn generate(name: &str, key_type: KeyType) -> Result<Self, Error> {
+        Self::generate_at(name, key_type, OffsetDateTime::now_utc()).await
+    }
+
+    /// A new key whose version 1 was created `at`.
+    pub async fn generate_at(
+        name: &str,
+        key_type: KeyType,
+        at: OffsetDateTime,
+    ) -> Result<Self, Error> {
         let mut key = Self {
             name: name.to_owned(),
             key_type,
@@ -61,13 +73,19 @@ impl Key {
             latest_version: 0,
             versions: BTreeMap::new(),
             replica_regions: Vec::new(),
+            auto_rotate_period: 0,
         };
-        key.rotate().await?;
+        key.rotate_at(at).await?;
         Ok(key)
     }
 
     /// Adds a version with fresh material; returns its number.
     pub async fn rotate(&mut self) -> Result<u32, Error> {
+        self.rotate_at(OffsetDateTime::now_utc()).await
+    }
+
+    /// Adds a version created `at`; returns its number.
+    pub async fn rotate_at(&mut self, at: OffsetDateTime) -> Result<u32, Error> {
         let key_type = self.key_type;
         // Off the async workers: an RSA-4096 generation takes long enough
         // to stall every request that shares the worker.
@@ -80,7 +98,7 @@ impl Key {
         self.versions.insert(
             version,
             Arc::new(KeyVersion {
-                creation_time: rfc3339_nano(OffsetDateTime::now_utc()),
+                creation_time: rfc3339_nano(at),
                 material,
                 public_key,
             }),
@@ -91,6 +109,24 @@ impl Key {
 
     pub fn is_enabled(&self, version: u32) -> bool {
         version >= self.min_enabled_version
+    }
+
+    /// When the schedule next rotates the key: the latest version's
+    /// creation time plus the period, or None when the schedule is off. A
+    /// creation time that cannot be read counts as the epoch, so such a key
+    /// is due at once and its next version has a readable one.
+    pub fn rotation_due(&self) -> Option<OffsetDateTime> {
+        if self.auto_rotate_period == 0 {
+            return None;
+        }
+        let created = self
+            .versions
+            .get(&self.latest_version)
+            .and_then(|v| OffsetDateTime::parse(&v.creation_time, &Rfc3339).ok())
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let period = i64::try_from(self.auto_rotate_period).unwrap_or(i64::MAX);
+        // Periods are bounded when written, so this cannot overflow.
+        created.checked_add(time::Duration::seconds(period))
     }
 
     fn to_stored(&self) -> StoredKey {
@@ -115,6 +151,7 @@ impl Key {
                 })
                 .collect(),
             replica_regions: self.replica_regions.clone(),
+            auto_rotate_period: self.auto_rotate_period,
         }
     }
 
@@ -153,6 +190,7 @@ impl Key {
             latest_version: stored.latest_version,
             versions,
             replica_regions: std::mem::take(&mut stored.replica_regions),
+            auto_rotate_period: stored.auto_rotate_period,
         })
     }
 }
@@ -169,6 +207,12 @@ struct StoredKey {
     versions: BTreeMap<String, StoredVersion>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     replica_regions: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    auto_rotate_period: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]

@@ -46,6 +46,16 @@ impl NamedLocks {
         };
         lock.lock_owned().await
     }
+
+    /// [`NamedLocks::lock`] without waiting: None while someone holds it.
+    pub fn try_lock(&self, key: LockKey) -> Option<OwnedMutexGuard<()>> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(key).or_default().clone()
+        };
+        lock.try_lock_owned().ok()
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +84,7 @@ mod tests {
         let _a = locks.lock(LockKey::key("a")).await;
         let _b = locks.lock(LockKey::key("b")).await; // different names do not block
         let _c = locks.lock(LockKey::provider("a")).await; // nor a provider of the same name
+        assert!(locks.try_lock(LockKey::key("a")).is_none(), "held");
+        assert!(locks.try_lock(LockKey::key("free")).is_some());
     }
 }

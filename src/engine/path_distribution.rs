@@ -218,6 +218,8 @@ async fn distribute(engine: Arc<KeyManagement>, req: Request) -> Result<Option<R
     engine
         .distribute(provider, &key, purposes, protection)
         .await?;
+    // The provider holds every version now: nothing is pending for it.
+    engine.pending.clear_provider(key_name, provider).await?;
     Ok(None)
 }
 
@@ -258,6 +260,7 @@ async fn remove(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Respo
         return Ok(None);
     };
     engine.remove_distribution(provider, &key).await?;
+    engine.pending.clear_provider(key_name, provider).await?;
     Ok(None)
 }
 

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::key_type::KeyType;
-use super::keys::Key;
+use super::keys::{Key, rfc3339_nano};
 use super::locks::LockKey;
+use super::propagate::summarize;
 use super::provider::aws;
+use super::schedule::Entry;
+use super::settings::MAX_ROTATE_PERIOD;
 use super::state::KeyManagement;
 use crate::framework::error::quote;
 use crate::framework::{
@@ -50,6 +53,13 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
                 "AWS regions that the key's multi-Region copies are replicated to, as a list or a \
                  comma-separated string. Set only at creation; used by kms/:name/key/:key_name/replicate.",
             ))
+            .field(Field::new(
+                "auto_rotate_period",
+                FieldType::DurationSeconds,
+                "How often the key is rotated on schedule, counted from the latest version's creation \
+                 time, as a duration (\"24h\", \"90m\", \"7d\") or seconds; 0 turns scheduled rotation \
+                 off. At least 1h. New versions are pushed to every KMS provider the key is distributed to.",
+            ))
             .existence_check(existence(key_exists))
             .operation(Operation::Create, "keyManagementUpdateKey", "Create a key.", handler(write_key))
             .operation(Operation::Update, "keyManagementUpdateKey", "Update a key.", handler(write_key))
@@ -58,8 +68,11 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
             .help(
                 "Create, update, read and delete keys.",
                 "A key is created with a type and version 1; Vault generates and keeps its material. \
-                 An update sets deletion_allowed or min_enabled_version; a change of min_enabled_version \
-                 is pushed to every KMS provider the key is distributed to. A read shows each enabled \
+                 An update sets deletion_allowed, min_enabled_version or auto_rotate_period; a change of \
+                 min_enabled_version is pushed to every KMS provider the key is distributed to. With \
+                 auto_rotate_period set, the key is rotated when its latest version is that old, and \
+                 the new version is pushed like a manual rotation's; a push that fails is retried about \
+                 once a minute and shown in reads as pending_pushes. A read shows each enabled \
                  version's creation time and, for asymmetric keys, its public key; private material is \
                  never returned. A key can be deleted only when deletion_allowed is true and it is \
                  distributed to no KMS provider.",
@@ -70,7 +83,8 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
             .help(
                 "Rotate a key: add a version with new material.",
                 "The new version is imported into every KMS provider the key is distributed to, and \
-                 becomes the current version there.",
+                 becomes the current version there. A provider that fails is retried about once a \
+                 minute until it holds the version; key reads show it as pending_pushes.",
             ),
         Path::new("key/{name}/kms/")
             .field(name_field())
@@ -125,6 +139,52 @@ fn check_new_key_fields(req: &Request) -> Result<(), Error> {
     Ok(())
 }
 
+/// `auto_rotate_period` in seconds, if given: 0 (off), or from the
+/// engine's minimum to the longest Go duration.
+fn parse_auto_rotate_period(
+    req: &Request,
+    minimum: std::time::Duration,
+) -> Result<Option<u64>, Error> {
+    let Some(seconds) = req.seconds("auto_rotate_period") else {
+        return Ok(None);
+    };
+    let Ok(period) = u64::try_from(seconds) else {
+        return Err(Error::bad_request(format!(
+            "auto_rotate_period must not be negative, got {seconds}s"
+        )));
+    };
+    if period != 0 && period < minimum.as_secs() {
+        return Err(Error::bad_request(format!(
+            "auto_rotate_period must be 0 to disable or at least {}, got {}",
+            format_seconds(minimum.as_secs()),
+            format_seconds(period)
+        )));
+    }
+    if period > MAX_ROTATE_PERIOD.as_secs() {
+        return Err(Error::bad_request(format!(
+            "auto_rotate_period must be at most {}, got {period}s",
+            format_seconds(MAX_ROTATE_PERIOD.as_secs())
+        )));
+    }
+    Ok(Some(period))
+}
+
+/// Seconds as a short duration: `1h`, `1h30m`, `45s`.
+fn format_seconds(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
 fn parse_type(req: &Request) -> Result<KeyType, Error> {
     let raw = req.string("type").unwrap_or("rsa-2048");
     raw.parse().map_err(|_| {
@@ -138,11 +198,13 @@ fn parse_type(req: &Request) -> Result<KeyType, Error> {
 
 async fn write_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
     let name = req.capture("name");
+    let auto_rotate_period = parse_auto_rotate_period(&req, engine.settings.min_rotate_period)?;
     let requested_type = parse_type(&req)?;
     let replica_regions = parse_replica_regions(&req)?;
     let _guard = engine.locks.lock(LockKey::key(name)).await;
     let existing = engine.keys.get(name).await?;
     let created = existing.is_none();
+    let scheduled = existing.as_deref().and_then(Entry::for_key);
     let mut key = match existing {
         Some(existing) => {
             if req.is_set("type") && requested_type != existing.key_type {
@@ -166,12 +228,15 @@ async fn write_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Re
         }
         None => {
             check_new_key_fields(&req)?;
-            let mut key = Key::generate(name, requested_type).await?;
+            let mut key = Key::generate_at(name, requested_type, engine.now()).await?;
             key.replica_regions = replica_regions.unwrap_or_default();
             key
         }
     };
     let previous_min = key.min_enabled_version;
+    if let Some(period) = auto_rotate_period {
+        key.auto_rotate_period = period;
+    }
     if let Some(allowed) = req.bool("deletion_allowed") {
         key.deletion_allowed = allowed;
     }
@@ -185,7 +250,11 @@ async fn write_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Re
         // 0 means "all versions", which is the same as 1.
         key.min_enabled_version = u32::try_from(min).unwrap_or(0).max(1);
     }
-    let key = engine.keys.put(key).await?;
+    let next = Entry::for_key(&key);
+    let key = engine
+        .schedule
+        .around(scheduled, next, || engine.keys.put(key))
+        .await?;
     // Pushed on every update that names min_enabled_version, even when it
     // did not change, so repeating a failed update retries the providers.
     if !created && (req.is_set("min_enabled_version") || key.min_enabled_version != previous_min) {
@@ -219,15 +288,24 @@ pub fn key_data(key: &Key) -> Map<String, Value> {
     if !key.replica_regions.is_empty() {
         data.insert("replica_regions".into(), key.replica_regions.clone().into());
     }
+    // Seconds, as transit reads it (the CLI shows it as a duration).
+    data.insert("auto_rotate_period".into(), key.auto_rotate_period.into());
+    if let Some(due) = key.rotation_due() {
+        data.insert("next_rotation_time".into(), rfc3339_nano(due).into());
+    }
     data
 }
 
 async fn read_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
-    Ok(engine
-        .keys
-        .get(req.capture("name"))
-        .await?
-        .map(|key| Response::data(key_data(&key))))
+    let name = req.capture("name");
+    let Some(key) = engine.keys.get(name).await? else {
+        return Ok(None);
+    };
+    let mut data = key_data(&key);
+    if let Some(pending) = engine.pending.get_cached(name).await? {
+        data.insert("pending_pushes".into(), pending.to_data());
+    }
+    Ok(Some(Response::data(data)))
 }
 
 async fn delete_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
@@ -252,16 +330,31 @@ async fn delete_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<R
         )));
     }
     engine.keys.delete(name).await?;
+    if let Some(entry) = Entry::for_key(&key) {
+        engine.schedule.delete_stale(&entry).await;
+    }
+    if let Err(err) = engine.pending.delete(name).await {
+        log::warn!(key = name; "deleting the pending pushes of a deleted key: {err}");
+    }
     Ok(None)
 }
 
 async fn rotate_key(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
     let name = req.capture("name");
     let _guard = engine.locks.lock(LockKey::key(name)).await;
-    let mut key = (*engine.keys.require(name).await?).clone();
-    key.rotate().await?;
-    let key = engine.keys.put(key).await?;
-    engine.push_new_versions(&key).await?;
+    let current = engine.keys.require(name).await?;
+    let key = engine.rotate_locked(&current).await?;
+    let failures = engine.push_tracked(&key).await?;
+    // Not "repeat the request": another rotation would add a version.
+    summarize(
+        failures,
+        &format!(
+            "key {} was rotated to version {} in Vault",
+            quote(name),
+            key.latest_version
+        ),
+        " (retried about once a minute; the key's read shows it under pending_pushes)",
+    )?;
     Ok(None)
 }
 

@@ -426,7 +426,7 @@ impl KeyManagement {
 /// is a 400 when every failure is one the operator must fix (permissions,
 /// configuration, refused input), and a 502 when any provider was
 /// unavailable or failed.
-fn summarize(failures: Vec<Error>, done: &str, retry_hint: &str) -> Result<(), Error> {
+pub(super) fn summarize(failures: Vec<Error>, done: &str, retry_hint: &str) -> Result<(), Error> {
     if failures.is_empty() {
         return Ok(());
     }

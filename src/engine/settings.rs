@@ -20,10 +20,24 @@ pub const TEST_MIN_ROTATE_PERIOD: &str = "KEYMGMT_TEST_MIN_AUTO_ROTATE_PERIOD";
 /// The shortest rotation period in production.
 pub const MIN_ROTATE_PERIOD: Duration = Duration::from_secs(3600);
 
+/// The longest `auto_rotate_period`: the longest Go duration, as transit.
+pub const MAX_ROTATE_PERIOD: Duration = Duration::from_secs(9_223_372_036);
+
+/// Keys the periodic call works on at once.
+pub const PERIODIC_CONCURRENCY: usize = 8;
+/// Keys one periodic call works on at most; the rest wait for the next.
+pub const PERIODIC_MAX_KEYS: usize = 1000;
+/// No key's work starts later than this into a periodic call, well within
+/// the host's 90 s deadline for it.
+pub const PERIODIC_BUDGET: Duration = Duration::from_secs(40);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub import_concurrency: usize,
     pub min_rotate_period: Duration,
+    pub periodic_concurrency: usize,
+    pub periodic_max_keys: usize,
+    pub periodic_budget: Duration,
 }
 
 impl Default for Settings {
@@ -31,6 +45,9 @@ impl Default for Settings {
         Self {
             import_concurrency: DEFAULT_IMPORT_CONCURRENCY,
             min_rotate_period: MIN_ROTATE_PERIOD,
+            periodic_concurrency: PERIODIC_CONCURRENCY,
+            periodic_max_keys: PERIODIC_MAX_KEYS,
+            periodic_budget: PERIODIC_BUDGET,
         }
     }
 }

@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use tokio::sync::RwLock;
 
+use super::clock::{Clock, SystemClock};
 use super::distribution::DistributionStore;
 use super::keys::KeyStore;
 use super::kms::{KMS_PREFIX, ProviderStore};
 use super::locks::NamedLocks;
+use super::pending::PendingStore;
 use super::provider::{KmsProvider, ProviderConnector};
+use super::schedule::ScheduleIndex;
 use super::settings::Settings;
 use crate::framework::{Error, Lifecycle};
 use crate::runtime::storage::Storage;
@@ -23,9 +26,18 @@ pub struct KeyManagement {
     pub keys: KeyStore,
     pub providers: ProviderStore,
     pub distributions: DistributionStore,
+    /// When scheduled keys are due.
+    pub schedule: ScheduleIndex,
+    /// Pushes of versions that some provider still lacks.
+    pub pending: PendingStore,
     /// Serialises writes per key and per provider.
     pub locks: NamedLocks,
     pub settings: Settings,
+    pub(super) clock: Arc<dyn Clock>,
+    /// Held while a periodic call works.
+    pub(super) periodic_running: tokio::sync::Mutex<()>,
+    /// The pending key the last periodic call stopped at.
+    pub(super) pending_cursor: std::sync::Mutex<Option<String>>,
     connector: Arc<dyn ProviderConnector>,
     /// The host's view of the server, when mounted in one.
     system: Option<Arc<dyn SystemView>>,
@@ -38,9 +50,14 @@ impl KeyManagement {
         Self {
             keys: KeyStore::new(storage.clone()),
             providers: ProviderStore::new(storage.clone()),
-            distributions: DistributionStore::new(storage),
+            distributions: DistributionStore::new(storage.clone()),
+            schedule: ScheduleIndex::new(storage.clone()),
+            pending: PendingStore::new(storage),
             locks: NamedLocks::default(),
             settings: Settings::default(),
+            clock: Arc::new(SystemClock),
+            periodic_running: tokio::sync::Mutex::new(()),
+            pending_cursor: std::sync::Mutex::new(None),
             connector,
             system: None,
             clients: RwLock::default(),
@@ -50,6 +67,12 @@ impl KeyManagement {
     /// The same state, with the host's system view.
     pub fn with_system(mut self, system: Arc<dyn SystemView>) -> Self {
         self.system = Some(system);
+        self
+    }
+
+    /// The same state, with another clock (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -94,10 +117,14 @@ impl Lifecycle for KeyManagement {
             // OpenBao sets a mount up again when its node is promoted or
             // demoted, so the role read here holds for this instance's life.
             match system.replication_state().await {
-                Ok(state) => self.keys.set_standby(state.is_standby()),
+                Ok(state) => {
+                    self.keys.set_standby(state.is_standby());
+                    self.pending.set_standby(state.is_standby());
+                }
                 Err(err) => {
                     log::warn!("reading the replication state: {err}; caching as on a standby");
                     self.keys.set_standby(true);
+                    self.pending.set_standby(true);
                 }
             }
         }
@@ -110,8 +137,15 @@ impl Lifecycle for KeyManagement {
 
     async fn invalidate(&self, key: &str) {
         self.keys.invalidate(key).await;
+        self.pending.invalidate(key).await;
         if let Some(provider) = key.strip_prefix(KMS_PREFIX) {
             self.forget_client(provider).await;
         }
+    }
+
+    /// Scheduled rotations and retries of failed pushes (`periodic.rs`).
+    /// The framework calls it on the active node only.
+    async fn periodic(&self) -> Result<(), Error> {
+        self.run_periodic().await
     }
 }

@@ -183,12 +183,21 @@ fn parse_int(raw: &Value) -> Option<i64> {
     }
 }
 
-/// A Go duration (`1h2m3.5s`, `300ms`) or plain seconds, rounded down to
-/// whole seconds.
+/// A Go duration (`1h2m3.5s`, `300ms`), plain seconds, or whole days
+/// (`7d`), rounded down to whole seconds; empty is 0. These are the forms
+/// Vault's `parseutil.ParseDurationSecond` accepts.
 fn parse_duration_seconds(s: &str) -> Option<i64> {
     let s = s.trim();
+    if s.is_empty() {
+        return Some(0);
+    }
     if let Ok(seconds) = s.parse::<i64>() {
         return Some(seconds);
+    }
+    if let Some(days) = s.strip_suffix('d')
+        && let Ok(days) = days.parse::<i64>()
+    {
+        return days.checked_mul(86_400);
     }
     let (negative, mut rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),
@@ -444,7 +453,14 @@ mod tests {
             FieldValue::Seconds(5400)
         );
         assert_eq!(f.coerce(&json!("1.5s")).unwrap(), FieldValue::Seconds(1));
+        assert_eq!(
+            f.coerce(&json!("7d")).unwrap(),
+            FieldValue::Seconds(604_800)
+        );
+        assert_eq!(f.coerce(&json!("")).unwrap(), FieldValue::Seconds(0));
         assert!(f.coerce(&json!("1 fortnight")).is_err());
+        assert!(f.coerce(&json!("1d2h")).is_err());
+        assert!(f.coerce(&json!("99999999999999999d")).is_err());
     }
 
     #[test]

@@ -251,6 +251,13 @@ impl Request {
         }
     }
 
+    pub fn seconds(&self, name: &str) -> Option<i64> {
+        match self.values.get(name) {
+            Some(FieldValue::Seconds(s)) => Some(*s),
+            _ => None,
+        }
+    }
+
     pub fn bool(&self, name: &str) -> Option<bool> {
         match self.values.get(name) {
             Some(FieldValue::Bool(b)) => Some(*b),
