@@ -341,6 +341,7 @@ fn initial() -> &'static Initial {
                     latest_version: 1,
                     versions: [(1, Arc::new(version))].into(),
                     replica_regions: Vec::new(),
+                    auto_rotate_period: 0,
                 })
                 .await
                 .unwrap();

@@ -92,6 +92,7 @@ fn same_key(a: &Key, b: &Key) {
     assert_eq!(a.min_enabled_version, b.min_enabled_version);
     assert_eq!(a.latest_version, b.latest_version);
     assert_eq!(a.replica_regions, b.replica_regions);
+    assert_eq!(a.auto_rotate_period, b.auto_rotate_period);
     assert_eq!(
         a.versions.keys().collect::<Vec<_>>(),
         b.versions.keys().collect::<Vec<_>>()
