@@ -963,8 +963,7 @@ async fn all_storage_keys(storage: &InMemoryStorage, prefix: &str) -> Vec<String
 #[tokio::test]
 async fn secrets_are_stored_only_under_seal_wrapped_paths() {
     let h = Harness::new().await;
-    h.ok("write", "key/k", json!({"type": "ecdsa-p256"}))
-        .await;
+    h.ok("write", "key/k", json!({"type": "ecdsa-p256"})).await;
     h.ok(
         "write",
         "kms/az",
