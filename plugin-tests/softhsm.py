@@ -29,6 +29,7 @@ import os
 import secrets
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,28 @@ def module_for(conf: Path) -> Any:
     return lib
 
 
+def retry_transient(call: Any, attempts: int = 8, reset: Any = None) -> Any:
+    """`call()`, repeated while SoftHSM answers CKR_GENERAL_ERROR (or misses the token).
+
+    Another process that logs in to a token rewrites its token.object (the file
+    backend stores the PIN-count flags there), and a C_GetTokenInfo or C_Login in
+    this process that reads the file meanwhile fails with CKR_GENERAL_ERROR or does
+    not see the token (PKCS11.md, "Processes"); the token then stays unreadable in
+    this process until the module is initialised again, which `reset` does before
+    the next attempt. Only lookups and logins go through here: an object operation
+    is never repeated, so no test can hide a lost write."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (pkcs11.GeneralError, pkcs11.NoSuchToken):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(min(0.02 * 2 ** attempt, 0.5))
+            if reset is not None:
+                reset()
+    raise AssertionError("unreachable")
+
+
 def forget_tokens() -> None:
     """The next module_for() re-initialises: SoftHSM lists tokens in C_Initialize only."""
     global _stale
@@ -314,7 +337,12 @@ class SoftHsmToken:
     # -- sessions ---------------------------------------------------------------------
 
     def token(self) -> Any:
-        return module_for(self.conf).get_token(token_label=self.label)
+        def reset() -> None:
+            # Initialising again closes the process's sessions: only when none is open.
+            if not any(_LOGINS.values()):
+                forget_tokens()
+
+        return retry_transient(lambda: module_for(self.conf).get_token(token_label=self.label), reset=reset)
 
     @contextlib.contextmanager
     def session(self, rw: bool = False, login: bool = True) -> Iterator[Any]:
@@ -327,8 +355,9 @@ class SoftHsmToken:
         log in again, and only the outermost one logs out."""
         key = (str(self.conf), self.label)
         nested = login and _LOGINS.get(key, 0) > 0
-        session = self.token().open(rw=rw, user_pin=self.pin if login and not nested else None,
-                                    attribute_mapper=ExactMapper())
+        token = self.token()
+        session = retry_transient(lambda: token.open(rw=rw, user_pin=self.pin if login and not nested else None,
+                                                     attribute_mapper=ExactMapper()))
         if login:
             _LOGINS[key] = _LOGINS.get(key, 0) + 1
         try:

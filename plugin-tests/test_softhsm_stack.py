@@ -249,10 +249,14 @@ def test_reference_two_step_import(shared: SoftHsmToken, case: str) -> None:
     assert all(o["id"] == id.hex() for o in tool)
 
 
-def test_softhsm_defaults_would_be_wrong(shared: SoftHsmToken) -> None:
+def test_softhsm_defaults_would_be_wrong(token: SoftHsmToken) -> None:
     """Unwrapped with only class, key type, token, label and id, a key gets SoftHSM's
     defaults: every usage on (sign, sign-recover, decrypt, unwrap; public: verify,
-    verify-recover, encrypt, wrap) and CKA_SENSITIVE false, so its secret is readable."""
+    verify-recover, encrypt, wrap) and CKA_SENSITIVE false, so its secret is readable.
+
+    A token of its own: its objects are deliberately unsafe (all usage on, not
+    sensitive), and in the module's shared token they met the other cases' state."""
+    shared = token
     key = rsa.generate_private_key(65537, 2048)
     created = shared.reference_import(pkcs8(key), "rsa", "defaults-rsa", b"\x01", (), explicit=False)
     private = next(o for o in created if o.object_class == ObjectClass.PRIVATE_KEY)
@@ -522,7 +526,9 @@ def _child(token: SoftHsmToken, body: str, *args: str, wait: bool = True) -> Any
         from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
         import softhsm
         lib = pkcs11.lib(softhsm.MODULE_PATH)
-        tok = lib.get_token(token_label={token.label!r})
+        # Three children start at once: each one's login rewrites token.object,
+        # which another's token lookup may read half-written (CKR_GENERAL_ERROR).
+        tok = softhsm.retry_transient(lambda: lib.get_token(token_label={token.label!r}), reset=lib.reinitialize)
         PIN = {token.pin!r}
     """) + textwrap.dedent(body)
     proc = subprocess.Popen([PY, "-c", script, *args], env={**os.environ, **token.env},
@@ -550,7 +556,7 @@ def test_several_processes_share_a_token_dir(token: SoftHsmToken) -> None:
     assert "later-token" in labels and "keymgmt-test" in labels
     # Concurrent writers in three processes: every object is stored.
     writer = """
-        with tok.open(rw=True, user_pin=PIN) as s:
+        with softhsm.retry_transient(lambda: tok.open(rw=True, user_pin=PIN)) as s:
             for i in range(20):
                 s.generate_key(KeyType.AES, 256, label="writer-%s-%d" % (sys.argv[1], i), store=True)
     """

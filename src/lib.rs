@@ -13,4 +13,6 @@
 pub mod engine;
 pub mod failpoints;
 pub mod framework;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod runtime;

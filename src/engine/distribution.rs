@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 use super::keys::{Key, rfc3339_nano};
 use super::provider::{Protection, Purpose, Target};
 use crate::framework::Error;
-use crate::framework::error::quote;
+use crate::framework::error::{quote, stored_json_error};
 use crate::runtime::storage::{Storage, StorageEntry};
 
 pub const DISTRIBUTION_PREFIX: &str = "distribution/";
@@ -118,9 +118,10 @@ impl DistributionStore {
         };
         serde_json::from_slice(&entry.value).map(Some).map_err(|e| {
             Error::internal(format!(
-                "distribution of {} to {} in storage is unreadable: {e}",
+                "distribution of {} to {} in storage is unreadable: {}",
                 quote(key),
-                quote(provider)
+                quote(provider),
+                stored_json_error(&e)
             ))
         })
     }

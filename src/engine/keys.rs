@@ -14,7 +14,7 @@ use zeroize::{Zeroize, Zeroizing};
 use super::key_type::KeyType;
 use super::material::KeyMaterial;
 use crate::framework::Error;
-use crate::framework::error::quote;
+use crate::framework::error::{quote, stored_json_error};
 use crate::runtime::storage::{Storage, StorageEntry};
 
 /// Storage prefix of key records; declared as seal-wrapped.
@@ -160,7 +160,8 @@ impl Key {
         for (number, version) in std::mem::take(&mut stored.versions) {
             let number: u32 = number
                 .parse()
-                .map_err(|_| format!("bad version number {number:?}"))?;
+                // Not echoed: a damaged record may have anything there.
+                .map_err(|_| "a version number is not a whole number".to_owned())?;
             let bytes = Zeroizing::new(
                 STANDARD
                     .decode(version.material.as_bytes())
@@ -319,7 +320,11 @@ impl KeyStore {
             return Ok(None);
         };
         let stored: StoredKey = serde_json::from_slice(&entry.value).map_err(|e| {
-            Error::internal(format!("key {} in storage is unreadable: {e}", quote(name)))
+            Error::internal(format!(
+                "key {} in storage is unreadable: {}",
+                quote(name),
+                stored_json_error(&e)
+            ))
         })?;
         let key = Arc::new(
             Key::from_stored(stored)
@@ -484,6 +489,44 @@ mod tests {
         KeyStore::new(storage.clone()).put(third).await.unwrap();
         std::thread::sleep(STANDBY_CACHE_TTL);
         assert_eq!(store.get("k").await.unwrap().unwrap().latest_version, 2);
+    }
+
+    /// Found by the storage_entry fuzz target: a damaged record's 500 quoted
+    /// the value serde stopped at, which may be key material.
+    #[tokio::test]
+    async fn an_unreadable_record_shows_none_of_its_material() {
+        let storage = Arc::new(InMemoryStorage::new());
+        let key = Key::generate("k", KeyType::EcdsaP256).await.unwrap();
+        let good = KeyStore::new(storage.clone()).put(key).await.unwrap();
+        let raw = storage.get("key/k").await.unwrap().unwrap();
+        let text = String::from_utf8(raw.value.to_vec()).unwrap();
+        let material = STANDARD.encode(good.versions[&1].material.as_bytes());
+        assert!(text.contains(&material));
+        // The material moved where serde quotes what it finds: the type,
+        // a boolean, a version number.
+        for damaged in [
+            text.replace("\"ecdsa-p256\"", &format!("\"{material}\"")),
+            text.replace(
+                "\"deletion_allowed\":false",
+                &format!("\"deletion_allowed\":\"{material}\""),
+            ),
+            text.replace("\"1\":{", &format!("\"{material}\":{{")),
+        ] {
+            storage
+                .put(StorageEntry {
+                    key: "key/k".into(),
+                    value: Zeroizing::new(damaged.clone().into_bytes()),
+                })
+                .await
+                .unwrap();
+            let err = KeyStore::new(storage.clone()).get("k").await.err();
+            let Some(Error::Internal(message)) = &err else {
+                panic!("{damaged}: {err:?}");
+            };
+            assert_ne!(damaged, text);
+            assert!(message.starts_with("key \"k\""), "{message}");
+            assert!(!message.contains(&material[..16]), "{message}");
+        }
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::provider::{ProviderConfig, ProviderKind};
-use crate::framework::error::quote;
+use crate::framework::error::{quote, stored_json_error};
 use crate::framework::{Error, Secret};
 use crate::runtime::storage::{Storage, StorageEntry};
 
@@ -39,7 +39,8 @@ impl ProviderStore {
         };
         let stored: StoredProvider = serde_json::from_slice(&entry.value).map_err(|e| {
             Error::internal(format!(
-                "KMS provider {name:?} in storage is unreadable: {e}"
+                "KMS provider {name:?} in storage is unreadable: {}",
+                stored_json_error(&e)
             ))
         })?;
         Ok(Some(ProviderConfig {
@@ -87,5 +88,44 @@ impl ProviderStore {
 
     pub async fn list(&self) -> Result<Vec<String>, Error> {
         Ok(self.storage.list(KMS_PREFIX).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::storage::InMemoryStorage;
+
+    /// Found by the storage_entry fuzz target: a damaged record's 500 quoted
+    /// the value serde stopped at, which may be a credential.
+    #[tokio::test]
+    async fn an_unreadable_record_shows_none_of_its_credentials() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let records = [
+            format!(r#"{{"provider":"awskms","key_collection":"r","credentials":"{secret}"}}"#),
+            format!(r#"{{"provider":"{secret}","key_collection":"r"}}"#),
+            format!(
+                r#"{{"provider":"awskms","key_collection":"r","credentials":{{"k":["{secret}"]}}}}"#
+            ),
+        ];
+        for record in records {
+            let storage = Arc::new(InMemoryStorage::new());
+            storage
+                .put(StorageEntry {
+                    key: "kms/p".into(),
+                    value: Zeroizing::new(record.clone().into_bytes()),
+                })
+                .await
+                .unwrap();
+            let err = ProviderStore::new(storage).get("p").await.err().unwrap();
+            let Error::Internal(message) = &err else {
+                panic!("{err:?}");
+            };
+            assert!(!message.contains(secret), "{message}");
+            assert!(
+                message.starts_with("KMS provider \"p\" in storage is unreadable: a missing field, or a field of the wrong type or value at line 1 column "),
+                "{message}"
+            );
+        }
     }
 }

@@ -532,6 +532,10 @@ pub(crate) mod test_support {
             Self(path)
         }
 
+        pub(crate) fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+
         pub(crate) fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
             let p = self.0.join(name);
             std::fs::write(&p, bytes).expect("write temp file");

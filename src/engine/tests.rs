@@ -941,3 +941,71 @@ async fn a_name_held_by_a_deleted_key_is_replaced() {
     assert_eq!(unique.len(), 3, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with("k-")), "{names:?}");
 }
+
+/// Every storage key under `prefix`, walking folders.
+async fn all_storage_keys(storage: &InMemoryStorage, prefix: &str) -> Vec<String> {
+    use crate::runtime::storage::Storage;
+    let mut found = Vec::new();
+    let mut folders = vec![prefix.to_owned()];
+    while let Some(folder) = folders.pop() {
+        for name in storage.list(&folder).await.unwrap() {
+            let full = format!("{folder}{name}");
+            if name.ends_with('/') {
+                folders.push(full);
+            } else {
+                found.push(full);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn secrets_are_stored_only_under_seal_wrapped_paths() {
+    let h = Harness::new().await;
+    h.ok("write", "key/k", json!({"type": "ecdsa-p256"})).await;
+    h.ok(
+        "write",
+        "kms/az",
+        json!({"provider": "azurekeyvault", "key_collection": "vault1",
+               "credentials": ["client_id=a0454cd1-e28e-405e-bc50-7477fa8a00b7", "client_secret=s3cr3t-seal-test", "tenant_id=t"]}),
+    )
+    .await;
+    h.ok("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    use base64::Engine as _;
+    let material = {
+        let state = h.provider.state();
+        state.keys.values().next().unwrap()[0].secret.clone()
+    };
+    let encodings = [
+        base64::engine::general_purpose::STANDARD.encode(&material),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&material),
+        material
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    ];
+    let sealed = h.backend.special_paths().seal_wrap_storage;
+    let keys = all_storage_keys(&h.storage, "").await;
+    assert!(
+        keys.iter().any(|k| k.starts_with("distribution/")),
+        "{keys:?}"
+    );
+    let mut holders = Vec::new();
+    for key in &keys {
+        let text = h.storage_text(key).await;
+        if text.contains("s3cr3t-seal-test") || encodings.iter().any(|e| text.contains(e.as_str()))
+        {
+            holders.push(key.clone());
+        }
+    }
+    assert!(holders.contains(&"kms/az".to_owned()), "{holders:?}");
+    assert!(holders.contains(&"key/k".to_owned()), "{holders:?}");
+    for key in holders {
+        assert!(
+            sealed.iter().any(|prefix| key.starts_with(prefix.as_str())),
+            "{key} holds a secret outside the seal-wrapped paths {sealed:?}"
+        );
+    }
+}

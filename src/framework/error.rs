@@ -91,9 +91,70 @@ pub fn quote(input: &str) -> String {
     }
 }
 
+/// Why a stored JSON record did not decode, without any of its values:
+/// serde's own messages quote the value they stopped at (`invalid type:
+/// string "..."`, an unknown variant, a custom parser's input), and a stored
+/// record holds key material and credentials. The category and the
+/// position are enough to find the damage with the server's raw storage
+/// tools.
+pub fn stored_json_error(err: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match err.classify() {
+        Category::Syntax => "not valid JSON",
+        Category::Eof => "JSON cut off",
+        Category::Data => "a missing field, or a field of the wrong type or value",
+        Category::Io => "a read error",
+    };
+    format!("{what} at line {} column {}", err.line(), err.column())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_json_errors_show_no_values() {
+        // Found by the storage_entry fuzz target: serde's message for a
+        // bad value quotes it, and put key material into a 500.
+        let secret = "c2VjcmV0LWtleS1tYXRlcmlhbA==";
+        // (record, serde's own message quotes the secret, what we show)
+        let cases = [
+            (
+                format!(r#"{{"a": "{secret}"}}"#),
+                true,
+                "a missing field, or a field of the wrong type or value at line 1 column 36",
+            ),
+            (
+                format!(r#"{{"a": 1, "{secret}": 2}}"#),
+                true,
+                "a missing field, or a field of the wrong type or value at line 1 column 39",
+            ),
+            (
+                format!(r#"{{"b": "{secret}" x"#),
+                false,
+                "not valid JSON at line 1 column 38",
+            ),
+            (
+                format!(r#"{{"b": "{secret}""#),
+                false,
+                "JSON cut off at line 1 column 36",
+            ),
+        ];
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Record {
+            a: u32,
+            #[serde(default)]
+            b: String,
+        }
+        for (input, serde_shows, want) in cases {
+            let err = serde_json::from_str::<Record>(&input).unwrap_err();
+            assert_eq!(err.to_string().contains(secret), serde_shows, "{err}");
+            let shown = stored_json_error(&err);
+            assert_eq!(shown, want, "{input}");
+        }
+    }
 
     #[test]
     fn quote_shortens_long_input() {

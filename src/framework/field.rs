@@ -260,7 +260,10 @@ impl Field {
         Ok(match self.kind {
             FieldType::String => FieldValue::String(scalar_string(raw).ok_or_else(fail)?),
             FieldType::Name => match raw {
-                Value::String(s) if s.len() > MAX_NAME_LEN => {
+                // Characters, as the message says (bytes would refuse 128
+                // two-byte characters as "more than 128"); the path rules,
+                // ASCII only, refuse such names anyway.
+                Value::String(s) if s.chars().count() > MAX_NAME_LEN => {
                     return Err(Error::bad_request(format!(
                         "{}: names are at most {MAX_NAME_LEN} characters, this one has {}",
                         self.name,
@@ -416,6 +419,28 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         let value = FieldValue::Pairs([("k".to_owned(), Secret::new("hunter2".into()))].into());
         assert!(!format!("{value:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn name_limit_counts_characters_not_bytes() {
+        // Found by the field_coerce fuzz target: 128 two-byte characters
+        // were refused with "at most 128 characters, this one has 128".
+        let f = field(FieldType::Name);
+        let at_limit = "é".repeat(MAX_NAME_LEN);
+        assert_eq!(
+            f.coerce(&json!(at_limit)).unwrap(),
+            FieldValue::String(at_limit.clone())
+        );
+        let over = "é".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(
+            f.coerce(&json!(over)).unwrap_err(),
+            Error::bad_request(format!(
+                "f: names are at most {MAX_NAME_LEN} characters, this one has {}",
+                MAX_NAME_LEN + 1
+            ))
+        );
+        assert!(f.coerce(&json!("k".repeat(MAX_NAME_LEN))).is_ok());
+        assert!(f.coerce(&json!("k".repeat(MAX_NAME_LEN + 1))).is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod registry;
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+pub mod pkcs11;
 
 #[cfg(test)]
 pub mod conformance;

@@ -19,6 +19,7 @@ pub static PROVIDERS: &[&Descriptor] = &[
     &super::azure::DESCRIPTOR,
     &super::aws::DESCRIPTOR,
     &super::gcp::DESCRIPTOR,
+    &super::pkcs11::DESCRIPTOR,
 ];
 
 /// One credential key a provider accepts in `credentials`.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use azure_security_keyvault_keys::models::{
-    CurveName, ImportKeyParameters, JsonWebKey, KeyAttributes, KeyOperation,
+    CurveName, ImportKeyParameters, JsonWebKey, Key, KeyAttributes, KeyOperation,
     KeyType as AzureKeyType,
 };
 use base64::Engine as _;
@@ -112,6 +112,23 @@ pub struct Kek {
     pub n: Vec<u8>,
     /// Public exponent, big-endian.
     pub e: Vec<u8>,
+}
+
+impl Kek {
+    /// The key-exchange key out of Key Vault's answer to its creation.
+    pub fn of(key: &Key) -> Result<Self, ProviderError> {
+        let jwk = key.key.as_ref();
+        let (Some(kid), Some(n), Some(e)) = (
+            jwk.and_then(|k| k.kid.clone()),
+            jwk.and_then(|k| k.n.clone()),
+            jwk.and_then(|k| k.e.clone()),
+        ) else {
+            return Err(ProviderError::Rejected(
+                "Azure returned a key-exchange key without kid, n or e".into(),
+            ));
+        };
+        Ok(Self { kid, n, e })
+    }
 }
 
 /// Wraps the PKCS#8 private key under the KEK with `CKM_RSA_AES_KEY_WRAP`

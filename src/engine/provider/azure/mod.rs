@@ -32,7 +32,8 @@
 //! the background, where the identity has the `purge` permission.
 
 mod auth;
-mod byok;
+// Crate-visible for the fuzz targets (`crate::fuzzing`).
+pub(crate) mod byok;
 mod client;
 pub mod config;
 #[cfg(test)]
@@ -491,17 +492,7 @@ impl AzureKeyVault {
         kek: &Key,
         parallel: bool,
     ) -> Result<(String, std::time::Duration), ProviderError> {
-        let jwk = kek.key.as_ref();
-        let (Some(kid), Some(n), Some(e)) = (
-            jwk.and_then(|k| k.kid.clone()),
-            jwk.and_then(|k| k.n.clone()),
-            jwk.and_then(|k| k.e.clone()),
-        ) else {
-            return Err(ProviderError::Rejected(
-                "Azure returned a key-exchange key without kid, n or e".into(),
-            ));
-        };
-        let kek = byok::Kek { kid, n, e };
+        let kek = byok::Kek::of(kek)?;
         let wrap_started = Instant::now();
         let blob = byok::transfer_blob(&kek, request.material)?;
         let parameters = byok::hsm_import(

@@ -191,6 +191,17 @@ fn last_segment(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
+/// Wraps `material` for `ImportCryptoKeyVersion` under the import job's
+/// wrapping key (PEM SubjectPublicKeyInfo) with the method of every job
+/// this provider creates, `RSA_OAEP_4096_SHA256_AES_256`, for all types.
+pub fn wrap_material(public_pem: &str, material: &KeyMaterial) -> Result<Vec<u8>, ProviderError> {
+    let public = rsa_public_from_spki_pem(public_pem).map_err(|e| {
+        ProviderError::Rejected(format!("the import job's wrapping key is unusable: {e}"))
+    })?;
+    rsa_aes_key_wrap(&public, OaepHash::Sha256, material.as_bytes())
+        .map_err(|e| ProviderError::Rejected(format!("wrapping the key for Cloud KMS failed: {e}")))
+}
+
 pub fn connect(config: &ProviderConfig) -> Result<Arc<dyn KmsProvider>, ProviderError> {
     let settings = Settings::resolve(config, &process_env)?;
     let api = RestKms::new(&settings)?;
@@ -542,14 +553,8 @@ impl GcpKms {
         let mut fresh_job = false;
         for _ in 0..2 {
             let job = self.job(target.protection, fresh_job).await?;
-            let public = rsa_public_from_spki_pem(&job.public_pem).map_err(|e| {
-                ProviderError::Rejected(format!("the import job's wrapping key is unusable: {e}"))
-            })?;
             let wrap_started = Instant::now();
-            let wrapped = rsa_aes_key_wrap(&public, OaepHash::Sha256, material.as_bytes())
-                .map_err(|e| {
-                    ProviderError::Rejected(format!("wrapping the key for Cloud KMS failed: {e}"))
-                })?;
+            let wrapped = wrap_material(&job.public_pem, material)?;
             wrap_time(wrap_started.elapsed());
             let request = ImportCryptoKeyVersionRequest::new()
                 .set_parent(key.clone())

@@ -1,0 +1,362 @@
+"""The pkcs11 provider under a real OpenBao server, against a SoftHSM2 token.
+
+The plugin imports every version into the token (the two-step unwrap SoftHSM
+needs); after each documented CLI step the token is inspected by independent
+PKCS#11 clients in this process and in `pkcs11-tool` (softhsm.py): the objects
+of each distribution (label `<key>-<unix seconds>`, one CKA_ID per version),
+every attribute the provider must set, a signature made by the token that
+verifies with the public key `vault read keymgmt/key/<k>` shows, RSA-OAEP
+ciphertext from Vault's public key that the token decrypts, and AES-GCM data
+sealed by the token that opens with Vault's key (read through `sys/raw`, not
+through the plugin). Versions below min_enabled_version must be refused by the
+token itself (CKR_KEY_FUNCTION_NOT_PERMITTED).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pkcs11
+import pytest
+from asn1crypto.core import OctetString
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from pkcs11 import Attribute, KeyType, ObjectClass
+
+import harness
+import softhsm
+from harness import MOUNT, BaoServer, cli, http, install_plugin, kill_plugins, plugin_pids, read_key, stored_material
+from softhsm import SoftHsmToken
+
+KMS = "hsm"
+CKR_KEY_FUNCTION_NOT_PERMITTED = 0x68
+
+# Every Vault key type, with purposes that exercise each usage attribute.
+TYPES = [
+    ("aes256-gcm96", "encrypt,decrypt"),
+    ("rsa-2048", "sign,verify"),
+    ("rsa-3072", "decrypt,encrypt,sign"),
+    ("rsa-4096", "sign,verify,wrap,unwrap"),
+    ("ecdsa-p256", "sign,verify"),
+    ("ecdsa-p384", "sign"),
+    ("ecdsa-p521", "sign,verify"),
+]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> SoftHsmToken:
+    return SoftHsmToken(tmp_path_factory.mktemp("hsm"), "vault-keys")
+
+
+@pytest.fixture(scope="module")
+def server(tok: SoftHsmToken, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaoServer]:
+    srv = BaoServer(tmp_path_factory.mktemp("bao-pkcs11"),
+                    env={**tok.server_env, "KEYMGMT_LOG_LEVEL": "debug"}, raw_storage=True)
+    try:
+        install_plugin(srv)
+        configure(srv, KMS, tok.label, tok.pin)
+        yield srv
+    finally:
+        srv.stop()
+        kill_plugins(srv)
+
+
+_counter = iter(range(10**6))
+
+
+@pytest.fixture
+def key() -> str:
+    return f"p11k{next(_counter)}-{time.monotonic_ns() % 10**6}"
+
+
+def configure(server: BaoServer, kms: str, label: str, pin: str, *extra: str, check: bool = True) -> Any:
+    return cli(server, "write", f"{MOUNT}/kms/{kms}", "provider=pkcs11", f"key_collection={label}",
+               f"credentials=pin={pin}", *extra, check=check)
+
+
+def distribution(server: BaoServer, kms: str, key: str) -> dict[str, Any]:
+    return json.loads(cli(server, "read", "-format=json", f"{MOUNT}/kms/{kms}/key/{key}").stdout)["data"]
+
+
+def vault_public_key(server: BaoServer, key: str, data: dict[str, Any], version: int) -> Any:
+    """The version's public key as `vault read keymgmt/key/<k>` shows it (`data`); versions
+    the read hides (below min_enabled_version) from the stored PKCS#8, read through sys/raw."""
+    shown = data["versions"].get(str(version))
+    if shown is not None:
+        return serialization.load_pem_public_key(shown["public_key"].encode())
+    return serialization.load_der_private_key(stored_material(server, key, version), password=None).public_key()
+
+
+def refused(call: Any, *args: Any) -> bool:
+    """Whether the token itself refuses the operation (CKR_KEY_FUNCTION_NOT_PERMITTED)."""
+    try:
+        call(*args)
+    except pkcs11.PKCS11Error as e:
+        return softhsm.rv_of(e) == CKR_KEY_FUNCTION_NOT_PERMITTED
+    return False
+
+
+def check_token(server: BaoServer, tok: SoftHsmToken, kms: str, key: str, key_type: str, purpose: str,
+                *, tool: bool = False) -> dict[str, Any]:
+    """The token holds exactly the recorded versions of the distribution, each with the
+    attributes the README promises, usable as min_enabled_version says, holding Vault's key;
+    with `tool`, pkcs11-tool agrees."""
+    record = distribution(server, kms, key)
+    label = record["name"]
+    key_data = read_key(server, key)
+    min_enabled = max(int(key_data["min_enabled_version"]), 1)
+    purposes = tuple(purpose.split(","))
+    objects = tok.objects(label=label)
+    ids = {bytes.fromhex(i) for i in record["versions"].values()}
+    assert len(ids) == len(record["versions"]), record
+    assert {o.id for o in objects} == ids, [o.describe() for o in objects]
+    symmetric = key_type == "aes256-gcm96"
+    kind = "aes" if symmetric else ("rsa" if key_type.startswith("rsa") else "ec")
+    ck_type = {"aes": KeyType.AES, "rsa": KeyType.RSA, "ec": KeyType.EC}[kind]
+    data = os.urandom(48)
+    for n, hex_id in record["versions"].items():
+        version, id_ = int(n), bytes.fromhex(hex_id)
+        enabled = version >= min_enabled
+        mine = [o for o in objects if o.id == id_]
+        classes = [ObjectClass.SECRET_KEY] if symmetric else [ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY]
+        assert sorted(int(o.object_class) for o in mine) == sorted(int(c) for c in classes), label
+        for obj in mine:
+            expected = softhsm.import_template(obj.object_class, ck_type, label, id_,
+                                               purposes if enabled else ())
+            wrong = {a.name: (obj.get(a), v) for a, v in expected.items() if obj.get(a) != v}
+            assert wrong == {}, f"version {version}: {obj.describe()}"
+            assert obj.get(Attribute.DERIVE) is False
+        if symmetric:
+            material = stored_material(server, key, version)
+            if enabled:
+                nonce, sealed = tok.encrypt_with(label, id_, data)
+                assert softhsm.decrypt_gcm(material, nonce, sealed) == data, f"version {version}"
+            else:
+                assert refused(tok.encrypt_with, label, id_, data), f"version {version} must be disabled"
+            continue
+        public = vault_public_key(server, key, key_data, version)
+        (pub_obj,) = [o for o in mine if o.object_class == ObjectClass.PUBLIC_KEY]
+        assert tok.public_key_der(label, id_) == public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo), f"version {version}"
+        if kind == "ec":
+            point = public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+            assert pub_obj[Attribute.EC_POINT] == OctetString(point).dump(), "CKA_EC_POINT is a DER OCTET STRING"
+        if "sign" in purposes:
+            if enabled:
+                softhsm.verify_token_signature(tok, label, id_, public, data)
+            else:
+                assert refused(softhsm.verify_token_signature, tok, label, id_, public, data)
+        if "decrypt" in purposes:
+            assert isinstance(public, rsa.RSAPublicKey)
+            sealed = public.encrypt(data, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(),
+                                                      label=None))
+            if enabled:
+                assert tok.decrypt_with(label, id_, sealed) == data
+            else:
+                assert refused(tok.decrypt_with, label, id_, sealed)
+    if tool:
+        # pkcs11-tool, a second independent client, sees the same objects and usage.
+        listed = [o for o in tok.tool_objects() if o["label"] == label]
+        assert sorted(o["id"] for o in listed) == sorted(o.id.hex() for o in objects), listed
+        for o in listed:
+            if o["kind"] != "Public Key":
+                assert {"sensitive"} <= o["access"] and "extractable" not in o["access"], o
+            wanted = {u for u in purposes if softhsm.PURPOSE_ATTRIBUTE[u][0] in (
+                ObjectClass.PUBLIC_KEY if o["kind"] == "Public Key" else ObjectClass.PRIVATE_KEY,
+            ) or o["kind"] == "Secret Key"}
+            if int(min_enabled) <= 1:
+                assert o["usage"] == wanted, o
+    return record
+
+
+@pytest.mark.parametrize(("key_type", "purpose"), TYPES)
+def test_lifecycle(server: BaoServer, tok: SoftHsmToken, key: str, key_type: str, purpose: str) -> None:
+    cli(server, "write", f"{MOUNT}/key/{key}", f"type={key_type}")
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    # Distribute: both versions, as the documented command.
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", f"purpose={purpose}", "protection=hsm")
+    record = check_token(server, tok, KMS, key, key_type, purpose, tool=True)
+    assert record["name"].startswith(f"{key}-") and len(record["versions"]) == 2
+    first_ids = dict(record["versions"])
+    # Distributing again changes nothing (objects are found by label and id).
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", f"purpose={purpose}", "protection=hsm")
+    assert check_token(server, tok, KMS, key, key_type, purpose)["versions"] == first_ids
+
+    # Rotate: the new version is imported.
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    record = check_token(server, tok, KMS, key, key_type, purpose)
+    assert len(record["versions"]) == 3 and {k: record["versions"][k] for k in first_ids} == first_ids
+
+    # min_enabled_version switches the lower versions' usage off, and back on.
+    cli(server, "write", f"{MOUNT}/key/{key}", "min_enabled_version=3")
+    check_token(server, tok, KMS, key, key_type, purpose, tool=True)
+    cli(server, "write", f"{MOUNT}/key/{key}", "min_enabled_version=1")
+    check_token(server, tok, KMS, key, key_type, purpose)
+
+    # Remove: every object of the distribution is destroyed.
+    cli(server, "delete", f"{MOUNT}/kms/{KMS}/key/{key}")
+    assert tok.objects(label=record["name"]) == []
+    assert http(server, "GET", f"{MOUNT}/kms/{KMS}/key/{key}").status_code == 404
+
+    # Redistribute: a new label, every version again.
+    time.sleep(1.1)
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", f"purpose={purpose}", "protection=hsm")
+    again = check_token(server, tok, KMS, key, key_type, purpose)
+    assert again["name"] != record["name"] and len(again["versions"]) == 3
+    cli(server, "delete", f"{MOUNT}/kms/{KMS}/key/{key}")
+    assert tok.objects(label=again["name"]) == []
+
+
+def test_disabled_versions_are_never_usable(server: BaoServer, tok: SoftHsmToken, key: str) -> None:
+    """A version below min_enabled_version is imported with every usage off."""
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=ecdsa-p256")
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    cli(server, "write", f"{MOUNT}/key/{key}", "min_enabled_version=2")
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", "purpose=sign,verify")
+    record = check_token(server, tok, KMS, key, "ecdsa-p256", "sign,verify")
+    (private,) = tok.objects(record["name"], bytes.fromhex(record["versions"]["1"]), ObjectClass.PRIVATE_KEY)
+    assert private.usage() == {"sign": False, "sign_recover": False, "decrypt": False, "unwrap": False,
+                               "derive": False}
+    cli(server, "delete", f"{MOUNT}/kms/{KMS}/key/{key}")
+
+
+def test_objects_deleted_outside_vault_are_made_again(server: BaoServer, tok: SoftHsmToken, key: str) -> None:
+    """Safe to repeat: a private key whose public object is gone (a crash between the two)
+    gets its public object back on the next write; nothing is duplicated."""
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=rsa-2048")
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", "purpose=sign,verify")
+    record = distribution(server, KMS, key)
+    id_ = bytes.fromhex(record["versions"]["1"])
+    with tok.session(rw=True) as s:
+        (public,) = s.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: record["name"]})
+        public.destroy()
+    cli(server, "write", f"{MOUNT}/key/{key}", "min_enabled_version=1")
+    check_token(server, tok, KMS, key, "rsa-2048", "sign,verify")
+    assert len(tok.objects(record["name"], id_)) == 2
+    cli(server, "delete", f"{MOUNT}/kms/{KMS}/key/{key}")
+
+
+def test_the_plugin_logs_in_again_after_a_restart(server: BaoServer, tok: SoftHsmToken, key: str) -> None:
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=aes256-gcm96")
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", "purpose=encrypt,decrypt")
+    before = plugin_pids(server)
+    kill_plugins(server)
+    assert harness.wait_for(lambda: not set(before) & set(plugin_pids(server)), timeout=10)
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    assert set(plugin_pids(server)).isdisjoint(before), "a new plugin process"
+    record = check_token(server, tok, KMS, key, "aes256-gcm96", "encrypt,decrypt")
+    assert len(record["versions"]) == 2
+    cli(server, "delete", f"{MOUNT}/kms/{KMS}/key/{key}")
+
+
+def test_a_new_token_gets_its_unwrapping_key(server: BaoServer, tok: SoftHsmToken, key: str) -> None:
+    """A token made after the plugin loaded the module (SoftHSM lists tokens in C_Initialize)
+    and without an unwrapping key: the provider finds it and generates the key in it,
+    RSA-3072, sensitive, never extractable, CKA_UNWRAP its only private usage."""
+    fresh = tok.sibling("fresh-token", unwrap_bits=None)
+    configure(server, "fresh", fresh.label, fresh.pin)
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=ecdsa-p384")
+    cli(server, "write", f"{MOUNT}/kms/fresh/key/{key}", "purpose=sign")
+    check_token(server, fresh, "fresh", key, "ecdsa-p384", "sign")
+    public, private = fresh.objects(label=softhsm.UNWRAP_LABEL)
+    assert public.object_class == ObjectClass.PUBLIC_KEY and public[Attribute.MODULUS_BITS] == 3072
+    assert private.id == softhsm.UNWRAP_ID
+    assert {a: private.get(a) for a in (Attribute.UNWRAP, Attribute.DECRYPT, Attribute.SIGN, Attribute.SENSITIVE,
+                                         Attribute.EXTRACTABLE, Attribute.NEVER_EXTRACTABLE, Attribute.LOCAL)} == {
+        Attribute.UNWRAP: True, Attribute.DECRYPT: False, Attribute.SIGN: False, Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False, Attribute.NEVER_EXTRACTABLE: True, Attribute.LOCAL: True}
+    cli(server, "delete", f"{MOUNT}/kms/fresh/key/{key}")
+
+
+def test_an_unwrapping_key_that_can_decrypt_is_refused(server: BaoServer, tok: SoftHsmToken, key: str) -> None:
+    """pkcs11-tool's key pairs have CKA_DECRYPT and CKA_SIGN on: anyone with the PIN could
+    decrypt a captured wrapped key with it, so the provider refuses it (before any import)."""
+    loose = tok.sibling("loose-token", unwrap_bits=None)
+    loose.pkcs11_tool("--keypairgen", "--key-type", "rsa:3072", "--label", softhsm.UNWRAP_LABEL,
+                      "--id", softhsm.UNWRAP_ID.hex(), "--usage-wrap", "--sensitive", "--private")
+    configure(server, "loose", loose.label, loose.pin)
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=aes256-gcm96")
+    bad = cli(server, "write", f"{MOUNT}/kms/loose/key/{key}", "purpose=encrypt,decrypt", check=False)
+    assert bad.returncode == 2 and "Code: 400" in bad.stderr, bad.stderr
+    assert "CKA_DECRYPT false" in bad.stderr, bad.stderr
+    assert [o.label for o in loose.objects()] == [softhsm.UNWRAP_LABEL] * 2
+    assert http(server, "GET", f"{MOUNT}/kms/loose/key/{key}").status_code == 404
+
+
+# -- refusals ---------------------------------------------------------------------
+
+
+def assert_400(result: Any, *fragments: str, secrets: tuple[str, ...] = ()) -> None:
+    assert result.returncode == 2 and "Code: 400" in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+    for secret in secrets:
+        assert secret not in result.stderr and secret not in result.stdout
+
+
+def test_a_wrong_pin_is_refused_although_the_plugin_is_logged_in(
+    server: BaoServer, tok: SoftHsmToken, key: str
+) -> None:
+    """The plugin process is logged in to the token with the right PIN (the `hsm` record):
+    a second record's wrong PIN would get CKR_USER_ALREADY_LOGGED_IN from C_Login; it
+    must be a 400 anyway, name CKR_PIN_INCORRECT, never show a PIN, and leave the right
+    record working."""
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=aes256-gcm96")
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", "purpose=encrypt,decrypt")
+    wrong = harness.register_secret("wrong-" + os.urandom(8).hex())
+    configure(server, "wrong-pin", tok.label, wrong)
+    bad = cli(server, "write", f"{MOUNT}/kms/wrong-pin/key/{key}", "purpose=encrypt,decrypt", check=False)
+    assert_400(bad, "CKR_PIN_INCORRECT", tok.label, secrets=(wrong, tok.pin))
+    assert http(server, "GET", f"{MOUNT}/kms/wrong-pin/key/{key}").status_code == 404
+    # Never tried twice: hardware tokens lock a PIN after a few failures.
+    again = cli(server, "write", f"{MOUNT}/kms/wrong-pin/key/{key}", "purpose=encrypt,decrypt", check=False)
+    assert_400(again, "not tried again", secrets=(wrong, tok.pin))
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    assert len(check_token(server, tok, KMS, key, "aes256-gcm96", "encrypt,decrypt")["versions"]) == 2
+    # The PIN is write-only.
+    shown = cli(server, "read", "-format=json", f"{MOUNT}/kms/{KMS}").stdout
+    assert tok.pin not in shown and "credentials" not in json.loads(shown)["data"]
+    cli(server, "delete", f"{MOUNT}/kms/{KMS}/key/{key}")
+
+
+def test_a_missing_token_is_a_400(server: BaoServer, tok: SoftHsmToken, key: str) -> None:
+    configure(server, "missing", "no-such-token", tok.pin)
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=aes256-gcm96")
+    bad = cli(server, "write", f"{MOUNT}/kms/missing/key/{key}", "purpose=encrypt,decrypt", check=False)
+    assert_400(bad, 'no token labelled "no-such-token"', '"vault-keys"', secrets=(tok.pin,))
+    assert http(server, "GET", f"{MOUNT}/kms/missing/key/{key}").status_code == 404
+
+
+def test_only_allow_listed_modules_load(server: BaoServer, tok: SoftHsmToken) -> None:
+    canonical = str(Path(softhsm.MODULE_PATH).resolve())
+    assert canonical != softhsm.MODULE_PATH
+    # Another spelling of the allowed module is the same file: accepted.
+    configure(server, "spelled", tok.label, tok.pin, f"credentials=module={canonical}")
+    for module, fragment in [
+        ("/usr/lib/x86_64-linux-gnu/libc.so.6", "not in the server's KEYMGMT_PKCS11_MODULES allow-list"),
+        ("/nonexistent/libpkcs11.so", "not in the server's KEYMGMT_PKCS11_MODULES allow-list"),
+        ("libsofthsm2.so", "not an absolute path"),
+    ]:
+        bad = configure(server, "other-module", tok.label, tok.pin, f"credentials=module={module}", check=False)
+        assert_400(bad, "credentials.module", fragment, secrets=(tok.pin,))
+        assert http(server, "GET", f"{MOUNT}/kms/other-module").status_code == 404
+    bad = cli(server, "write", f"{MOUNT}/kms/no-pin", "provider=pkcs11", f"key_collection={tok.label}", check=False)
+    assert_400(bad, "credentials.pin")
+
+
+def test_without_an_allow_list_nothing_loads(tok: SoftHsmToken, tmp_path: Path) -> None:
+    srv = BaoServer(tmp_path / "bao", env={**tok.env, "KEYMGMT_PKCS11_MODULES": None})
+    try:
+        install_plugin(srv)
+        bad = configure(srv, KMS, tok.label, tok.pin, check=False)
+        assert_400(bad, "KEYMGMT_PKCS11_MODULES is not set", secrets=(tok.pin,))
+        bad = configure(srv, KMS, tok.label, tok.pin, f"credentials=module={softhsm.MODULE_PATH}", check=False)
+        assert_400(bad, "KEYMGMT_PKCS11_MODULES is not set", secrets=(tok.pin,))
+    finally:
+        srv.stop()
+        kill_plugins(srv)
