@@ -279,32 +279,6 @@ impl KeyManagement {
         failure.map_or(Ok(()), Err)
     }
 
-    /// After a rotation: imports the versions each provider lacks, in
-    /// every provider at once. Every provider is attempted; failures are
-    /// reported together.
-    pub async fn push_new_versions(&self, key: &Key) -> Result<(), Error> {
-        let records = self.distributions.of_key(&key.name).await?;
-        let pushes = records.into_iter().map(|(provider, record)| async move {
-            self.distribute(&provider, key, record.purposes.clone(), record.protection)
-                .await
-        });
-        let failures: Vec<Error> = join_all(pushes)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
-        // Not "repeat the request": another rotation would add a version.
-        summarize(
-            failures,
-            &format!(
-                "key {} was rotated to version {} in Vault",
-                quote(&key.name),
-                key.latest_version
-            ),
-            "",
-        )
-    }
-
     /// After `min_enabled_version` changed: sets every distributed
     /// version's enabled state in every provider at once, recording the
     /// ids of versions a provider imported only now.
