@@ -52,6 +52,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::client::process_env;
 use super::client::retry::{self, RetryPolicy};
+use super::client::timing::{self, wrap_time};
 use super::registry::{Credential, Descriptor, any_purposes};
 use super::{
     ImportRequest, ImportSession, KmsProvider, NewId, Protection, ProviderConfig, ProviderError,
@@ -483,15 +484,14 @@ impl AzureKeyVault {
         });
     }
 
-    /// BYOK: wraps under `kek` and imports. Returns the version id and the
-    /// time spent wrapping.
+    /// BYOK: wraps under `kek` and imports. Returns the version id.
     async fn wrap_and_import(
         &self,
         target: &Target,
         request: &ImportRequest<'_>,
         kek: &Key,
         parallel: bool,
-    ) -> Result<(String, std::time::Duration), ProviderError> {
+    ) -> Result<String, ProviderError> {
         let kek = byok::Kek::of(kek)?;
         let wrap_started = Instant::now();
         let blob = byok::transfer_blob(&kek, request.material)?;
@@ -502,16 +502,14 @@ impl AzureKeyVault {
             blob,
             request.enabled,
         )?;
-        let wrap_time = wrap_started.elapsed();
+        wrap_time(wrap_started.elapsed());
         // Ciphertext only, but one buffer keeps retries copy-free.
         let body = serde_json::to_vec(&parameters).map_err(|e| {
             ProviderError::Rejected(format!("encoding the import request failed: {e}"))
         })?;
         let body = SecretBody::new(Zeroizing::new(body));
-        let id = self
-            .import_body(target, request.version, request.material, &body, parallel)
-            .await?;
-        Ok((id, wrap_time))
+        self.import_body(target, request.version, request.material, &body, parallel)
+            .await
     }
 }
 
@@ -607,7 +605,8 @@ impl ImportSession for AzureImport<'_> {
             );
             return Ok(id);
         }
-        let (id, wrap) = match target.protection {
+        // Neither the body nor the exchange key touches the target.
+        let (imported, times) = match target.protection {
             Protection::Software => {
                 let body = SecretBody::new(byok::software_import_body(
                     target,
@@ -615,22 +614,21 @@ impl ImportSession for AzureImport<'_> {
                     request.material,
                     request.enabled,
                 )?);
-                let imported = provider
-                    .import_body(target, version, request.material, &body, parallel)
-                    .await;
-                (self.note(imported)?, std::time::Duration::ZERO)
+                timing::timed(provider.import_body(
+                    target,
+                    version,
+                    request.material,
+                    &body,
+                    parallel,
+                ))
+                .await
             }
             Protection::Hsm => {
                 let kek = self.kek().await?;
-                let imported = provider
-                    .wrap_and_import(target, &request, &kek, parallel)
-                    .await;
-                match imported {
-                    Ok((id, wrap)) => (self.note(Ok(id))?, wrap),
-                    Err(e) => return self.note(Err(e)),
-                }
+                timing::timed(provider.wrap_and_import(target, &request, &kek, parallel)).await
             }
         };
+        let id = self.note(imported)?;
         let total = started.elapsed();
         log::info!(
             key = target.name.as_str(),
@@ -638,7 +636,7 @@ impl ImportSession for AzureImport<'_> {
             azure_version = id.as_str(),
             protection = target.protection.as_str(),
             enabled = request.enabled,
-            wrap_us = wrap.as_micros(),
+            wrap_us = times.wrap.as_micros(),
             total_us = total.as_micros();
             "azure key vault: imported version {version} of {} into {}",
             target.name,
