@@ -239,15 +239,14 @@ impl KeyMaterial {
     ///   AES-ECB encryption of a zero block under the key, as HSMs report it
     ///   in `CKA_CHECK_VALUE`.
     pub fn fingerprint(&self) -> String {
-        use sha2::Digest as _;
         match &self.public_der {
-            Some(spki) => format!("sha256:{}", hex(&sha2::Sha256::digest(spki))),
+            Some(spki) => spki_fingerprint(spki),
             None => {
                 use aes::cipher::{BlockEncrypt, KeyInit};
                 let cipher = aes::Aes256::new(self.secret.as_slice().into());
                 let mut block = aes::Block::default();
                 cipher.encrypt_block(&mut block);
-                format!("kcv:{}", hex(&block[..3]))
+                check_value_fingerprint(&block[..3])
             }
         }
     }
@@ -428,6 +427,18 @@ impl fmt::Debug for OctJwk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OctJwk").finish_non_exhaustive()
     }
+}
+
+/// `sha256:<hex>` of a SubjectPublicKeyInfo DER: the fingerprint of an
+/// asymmetric key, Vault's or a provider's copy.
+pub fn spki_fingerprint(spki: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex(&sha2::Sha256::digest(spki)))
+}
+
+/// `kcv:<hex>` of a key check value: the fingerprint of an AES key.
+pub fn check_value_fingerprint(kcv: &[u8]) -> String {
+    format!("kcv:{}", hex(kcv))
 }
 
 fn hex(bytes: &[u8]) -> String {

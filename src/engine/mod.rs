@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod clock;
 pub mod distribution;
+pub mod drift;
 pub mod key_type;
 pub mod keys;
 pub mod kms;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::distribution::Distribution;
+use super::keys::Key;
 use super::locks::LockKey;
 use super::provider::{Protection, Purpose};
 use super::state::KeyManagement;
@@ -81,6 +83,52 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
                  versions already imported are recorded and repeating the request imports the rest. \
                  Removal deletes the key from the provider; it stays in Vault and can be distributed \
                  again.",
+            ),
+        Path::new("kms/{name}/key/{key_name}/status")
+            .field(name_field())
+            .field(Field::new("key_name", FieldType::Name, "Name of the key."))
+            .operation(
+                Operation::Read,
+                "keyManagementReadKeyStatusInKmsProvider",
+                "Compare the provider's copy of a distributed key with Vault's record.",
+                handler(read_status),
+            )
+            .help(
+                "Compare the provider's copy of a distributed key with Vault's record (drift detection).",
+                "Reads the provider's live state and reports every difference from Vault's record in \
+                 drift, most serious first: a key deleted outside Vault, a foreign version that became \
+                 current, material that differs, enabled flags that differ, versions missing or extra. \
+                 Each version shows Vault's fingerprint and the one the provider shows (sha256 of the \
+                 public key for asymmetric keys; AES material cannot be read from the clouds and is \
+                 reported as unverifiable). Changes nothing.",
+            ),
+        Path::new("kms/{name}/key/{key_name}/reconcile")
+            .field(name_field())
+            .field(Field::new("key_name", FieldType::Name, "Name of the key."))
+            .field(Field::new(
+                "dry_run",
+                FieldType::Bool,
+                "Only report what would be repaired; change nothing.",
+            ))
+            .field(Field::new(
+                "disable_foreign",
+                FieldType::Bool,
+                "Also disable provider-side versions that Vault did not create. They are never deleted.",
+            ))
+            .operation(
+                Operation::Update,
+                "keyManagementReconcileKeyInKmsProvider",
+                "Repair the provider's copy of a distributed key.",
+                handler(reconcile),
+            )
+            .help(
+                "Repair the provider's copy of a distributed key to match Vault's record.",
+                "Re-applies the enabled flags that min_enabled_version asks for, imports versions the \
+                 provider lost or never received, and makes the latest version current. Versions that \
+                 Vault did not create are reported, and disabled only with disable_foreign=true. \
+                 Material that differs cannot be replaced in place and is only reported; a key deleted \
+                 outside Vault is an error. Answers with the actions taken and the state after them; \
+                 with dry_run=true, with the actions it would take and the state now.",
             ),
         Path::new("kms/{name}/key/{key_name}/replicate")
             .field(name_field())
@@ -234,6 +282,9 @@ async fn read_distribution(
     else {
         return Ok(None);
     };
+    let Some(key) = engine.keys.get(req.capture("key_name")).await? else {
+        return Ok(None);
+    };
     let mut data = Map::new();
     data.insert("name".into(), record.name.clone().into());
     // One comma-joined, sorted string: the wire format real servers use.
@@ -249,6 +300,17 @@ async fn read_distribution(
         .map(|(v, id)| (v.to_string(), Value::String(id.clone())))
         .collect();
     data.insert("versions".into(), Value::Object(versions));
+    // What the provider's copy of each version must show; `status`
+    // reads the provider's own and compares.
+    let fingerprints: Map<String, Value> = record
+        .versions
+        .keys()
+        .filter_map(|v| {
+            let material = &key.versions.get(v)?.material;
+            Some((v.to_string(), Value::String(material.fingerprint())))
+        })
+        .collect();
+    data.insert("fingerprints".into(), Value::Object(fingerprints));
     Ok(Some(Response::data(data)))
 }
 
@@ -262,6 +324,54 @@ async fn remove(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Respo
     engine.remove_distribution(provider, &key).await?;
     engine.pending.clear_provider(key_name, provider).await?;
     Ok(None)
+}
+
+/// The distribution of a key that exists, or a clear error.
+async fn require_distribution(
+    engine: &KeyManagement,
+    provider: &str,
+    key_name: &str,
+) -> Result<(Arc<Key>, Distribution), Error> {
+    engine.providers.require(provider).await?;
+    let key = engine.keys.require(key_name).await?;
+    let record = engine
+        .distributions
+        .get(provider, key_name)
+        .await?
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "key {} is not distributed to KMS provider {}",
+                quote(key_name),
+                quote(provider)
+            ))
+        })?;
+    Ok((key, record))
+}
+
+async fn read_status(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
+    let (provider, key_name) = (req.capture("name"), req.capture("key_name"));
+    // The locks keep an import in progress from showing as drift.
+    let _provider_guard = engine.locks.lock(LockKey::provider(provider)).await;
+    let _key_guard = engine.locks.lock(LockKey::key(key_name)).await;
+    let (key, record) = require_distribution(&engine, provider, key_name).await?;
+    let assessment = engine.assess_distribution(provider, &key, &record).await?;
+    Ok(Some(Response::data(assessment.to_json(&record))))
+}
+
+async fn reconcile(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {
+    let (provider, key_name) = (req.capture("name"), req.capture("key_name"));
+    let dry_run = req.bool("dry_run").unwrap_or(false);
+    let disable_foreign = req.bool("disable_foreign").unwrap_or(false);
+    let _provider_guard = engine.locks.lock(LockKey::provider(provider)).await;
+    let _key_guard = engine.locks.lock(LockKey::key(key_name)).await;
+    let (key, record) = require_distribution(&engine, provider, key_name).await?;
+    let done = engine
+        .reconcile(provider, &key, record, disable_foreign, dry_run)
+        .await?;
+    let mut data = done.status;
+    data.insert("dry_run".into(), dry_run.into());
+    data.insert("actions".into(), done.actions.into());
+    Ok(Some(Response::data(data)))
 }
 
 async fn replicate(engine: Arc<KeyManagement>, req: Request) -> Result<Option<Response>, Error> {

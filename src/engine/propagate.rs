@@ -72,7 +72,7 @@ async fn free_name(
 }
 
 /// The desired state of every recorded version.
-fn version_states<'a>(key: &'a Key, record: &'a Distribution) -> Vec<VersionState<'a>> {
+pub(super) fn version_states<'a>(key: &'a Key, record: &'a Distribution) -> Vec<VersionState<'a>> {
     record
         .versions
         .iter()

@@ -14,6 +14,7 @@ use crate::runtime::backend::LogicalBackend;
 use crate::runtime::proto::pb;
 use crate::runtime::storage::InMemoryStorage;
 
+mod drift;
 mod rotation;
 
 struct Harness {

@@ -14,12 +14,15 @@
 //!   nothing, an outage that outlives the retries a 502.
 //!
 //! A provider joins by implementing [`Double`] for its test double and
-//! calling [`run`] from a test.
+//! calling [`run`] from a test. Drift detection has its own contract,
+//! [`run_drift`], over [`Tamper`]: `inspect` reports every version with
+//! its state and material, a version disabled, added or deleted outside
+//! Vault shows as such, and a deleted key reads as `None`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{ImportRequest, KmsProvider, ProviderError, Target, VersionState};
+use super::{ImportRequest, KmsProvider, LiveMaterial, ProviderError, Target, VersionState};
 use crate::engine::material::KeyMaterial;
 use crate::framework::Error;
 
@@ -444,4 +447,134 @@ async fn removal_tolerates_repeats_and_gone_keys(double: &dyn Double, name: &str
         .remove(&target, &states(&ids, &m, |_| true), &[])
         .await
         .unwrap_or_else(|e| panic!("{name}: removing a key deleted outside Vault: {e}"));
+}
+
+/// A double whose provider-side state a drift test can change behind
+/// Vault's back, as an operator with the cloud's console would.
+pub trait Tamper: Double {
+    /// Sets a version's enabled flag directly in the provider.
+    fn set_enabled_outside(&self, target: &Target, provider_id: &str, enabled: bool);
+    /// Creates a version Vault did not create, enabled, with `material`,
+    /// and makes it current where the provider has a current version.
+    /// Returns its provider id.
+    fn add_foreign(&self, target: &Target, material: &KeyMaterial) -> String;
+    /// Schedules one version for deletion or destruction; false where the
+    /// provider cannot delete a single version (Azure).
+    fn doom_outside(&self, target: &Target, provider_id: &str) -> bool;
+}
+
+/// The drift contract: `inspect` reports exactly what the provider holds,
+/// and `disable_foreign` disables only what it is given.
+pub async fn run_drift(double: &dyn Tamper, name: &str) {
+    let provider = double.provider();
+    let target = double.target("drift-1700000011");
+    let m = materials(&target, 3);
+    let ids = import_all(provider.as_ref(), &target, &m, |_| true).await;
+    let all = states(&ids, &m, |_| true);
+    provider
+        .make_current(&target, all.last().unwrap())
+        .await
+        .unwrap();
+    let live = provider
+        .inspect(&target, &all)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: inspect: {e}"))
+        .unwrap_or_else(|| panic!("{name}: the key exists"));
+    assert_eq!(live.versions.len(), 3, "{name}: {live:?}");
+    for (v, id) in &ids {
+        let found = live
+            .versions
+            .iter()
+            .find(|l| &l.provider_id == id)
+            .unwrap_or_else(|| panic!("{name}: version {v} ({id}) in {live:?}"));
+        assert!(found.enabled && !found.doomed, "{name}: {found:?}");
+        if let Some(tagged) = found.vault_version {
+            assert_eq!(tagged, *v, "{name}: {found:?}");
+        }
+        match (&found.material, m[v].public_key_der()) {
+            (LiveMaterial::PublicKey(der), Some(ours)) => {
+                assert_eq!(der, &ours, "{name}: version {v}'s public key");
+            }
+            (LiveMaterial::CheckValue(kcv), None) => {
+                let ours = m[v].fingerprint();
+                assert_eq!(
+                    crate::engine::material::check_value_fingerprint(kcv),
+                    ours,
+                    "{name}: version {v}'s check value"
+                );
+            }
+            (LiveMaterial::Unverifiable(_), None) => {}
+            (other, _) => panic!("{name}: version {v} shows {other:?}"),
+        }
+    }
+    if live.has_current {
+        assert_eq!(live.current.as_ref(), Some(&ids[&3]), "{name}: current");
+        assert_eq!(double.current(&target), live.current, "{name}: current");
+    }
+
+    // Disabled behind Vault's back, then put right by set_enabled.
+    double.set_enabled_outside(&target, &ids[&1], false);
+    let live = provider.inspect(&target, &all).await.unwrap().unwrap();
+    let v1 = live.versions.iter().find(|l| l.provider_id == ids[&1]);
+    assert!(!v1.unwrap().enabled, "{name}: {live:?}");
+    provider.set_enabled(&target, &all).await.unwrap();
+    let live = provider.inspect(&target, &all).await.unwrap().unwrap();
+    assert!(live.versions.iter().all(|l| l.enabled), "{name}: {live:?}");
+
+    // A foreign version: reported, current where the provider has a
+    // current version, and disabled only when asked.
+    let other = KeyMaterial::generate(target.key_type).expect("material");
+    let foreign = double.add_foreign(&target, &other);
+    assert!(!ids.values().any(|id| id == &foreign), "{name}");
+    let live = provider.inspect(&target, &all).await.unwrap().unwrap();
+    let found = live
+        .versions
+        .iter()
+        .find(|l| l.provider_id == foreign)
+        .unwrap_or_else(|| panic!("{name}: foreign {foreign} in {live:?}"));
+    assert!(found.enabled, "{name}: {found:?}");
+    if live.has_current {
+        assert_eq!(live.current.as_ref(), Some(&foreign), "{name}: {live:?}");
+    }
+    provider
+        .disable_foreign(&target, std::slice::from_ref(&foreign))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: disable_foreign: {e}"));
+    let live = provider.inspect(&target, &all).await.unwrap().unwrap();
+    for l in &live.versions {
+        assert_eq!(l.enabled, l.provider_id != foreign, "{name}: {live:?}");
+    }
+    // Ours is current again once made so, where the provider can.
+    provider
+        .make_current(&target, all.last().unwrap())
+        .await
+        .unwrap();
+    if live.has_current && double.current(&target) == Some(ids[&3].clone()) {
+        let live = provider.inspect(&target, &all).await.unwrap().unwrap();
+        assert_eq!(live.current.as_ref(), Some(&ids[&3]), "{name}: {live:?}");
+    }
+
+    // One version deleted outside Vault counts as missing.
+    if double.doom_outside(&target, &ids[&2]) {
+        let live = provider.inspect(&target, &all).await.unwrap().unwrap();
+        let v2 = live.versions.iter().find(|l| l.provider_id == ids[&2]);
+        assert!(
+            v2.is_none_or(|l| l.doomed && !l.enabled),
+            "{name}: {live:?}"
+        );
+    }
+
+    // The whole key deleted outside Vault, and a key never created.
+    double.delete_outside(&target);
+    assert_eq!(
+        provider.inspect(&target, &all).await.unwrap(),
+        None,
+        "{name}: a deleted key"
+    );
+    let never = double.target("never-1700000012");
+    assert_eq!(
+        provider.inspect(&never, &[]).await.unwrap(),
+        None,
+        "{name}: a key never created"
+    );
 }

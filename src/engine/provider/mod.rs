@@ -207,6 +207,52 @@ pub struct NewId {
     pub provider_id: String,
 }
 
+/// What a provider holds of one target, read live, for drift detection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveKey {
+    /// Every provider-side version of the target, Vault's or not,
+    /// including those scheduled for deletion.
+    pub versions: Vec<LiveVersion>,
+    /// Whether the provider has a version that applications get when they
+    /// name the key (an AWS alias, Azure's newest version, a GCP primary).
+    pub has_current: bool,
+    /// That version's provider id, when `has_current` and one is set.
+    pub current: Option<String>,
+}
+
+/// One provider-side version, as the provider reports it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveVersion {
+    pub provider_id: String,
+    /// The Vault version its tags, labels or id name, where it has them.
+    pub vault_version: Option<u32>,
+    /// Whether applications can use it now.
+    pub enabled: bool,
+    /// Scheduled for deletion or destruction, or already destroyed: it
+    /// counts as missing, and reconciling imports the Vault version again.
+    pub doomed: bool,
+    /// The provider's own word for its state (`PendingDeletion`,
+    /// `DESTROY_SCHEDULED`), shown to operators as it is.
+    pub state: String,
+    pub material: LiveMaterial,
+}
+
+/// What the provider shows of a version's material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveMaterial {
+    /// The SubjectPublicKeyInfo DER of an asymmetric version.
+    PublicKey(Vec<u8>),
+    /// A key check value (the first 3 bytes of AES-ECB of a zero block),
+    /// as an HSM reports it.
+    CheckValue(Vec<u8>),
+    /// The version holds no material (AWS keeps disabled versions
+    /// unimported).
+    Absent,
+    /// The provider shows nothing to compare with, and why: AES keys in
+    /// the clouds, or a disabled version whose public key cannot be read.
+    Unverifiable(String),
+}
+
 /// A failed call to a provider. Messages must never carry credentials,
 /// tokens or key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -326,6 +372,34 @@ pub trait KmsProvider: Send + Sync {
         versions: &[VersionState<'_>],
         unrecorded: &[u32],
     ) -> Result<(), ProviderError>;
+
+    /// Reads what the provider holds of `target` now: every version with
+    /// its state and what it shows of its material, and which version is
+    /// current. `versions` are the versions Vault has recorded. `None`
+    /// when the key itself no longer exists in the provider. Read-only:
+    /// it changes nothing, whatever it finds.
+    async fn inspect(
+        &self,
+        _target: &Target,
+        _versions: &[VersionState<'_>],
+    ) -> Result<Option<LiveKey>, ProviderError> {
+        Err(ProviderError::Rejected(
+            "this KMS provider cannot read the state of its keys".into(),
+        ))
+    }
+
+    /// Disables provider-side versions that Vault did not create, so that
+    /// applications cannot use them (`reconcile` with
+    /// `disable_foreign=true`). Never deletes them.
+    async fn disable_foreign(
+        &self,
+        _target: &Target,
+        _provider_ids: &[String],
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Rejected(
+            "this KMS provider cannot disable versions that Vault did not create".into(),
+        ))
+    }
 
     /// Copies every version into the target's replica regions (AWS
     /// multi-Region keys). Only called for providers whose descriptor says

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{
-    ImportRequest, ImportSession, KmsProvider, NewId, ProviderConfig, ProviderConnector,
-    ProviderError, Target, VersionState,
+    ImportRequest, ImportSession, KmsProvider, LiveKey, LiveMaterial, LiveVersion, NewId,
+    ProviderConfig, ProviderConnector, ProviderError, Target, VersionState,
 };
 
 #[derive(Debug, Clone, PartialEq)]
@@ -17,8 +17,13 @@ pub struct ImportedVersion {
     pub version: u32,
     pub id: String,
     pub public_key: Option<String>,
+    pub public_der: Option<Vec<u8>>,
     pub secret: Vec<u8>,
     pub enabled: bool,
+    /// Created outside Vault (drift tests).
+    pub foreign: bool,
+    /// Scheduled for deletion outside Vault (drift tests).
+    pub doomed: bool,
 }
 
 #[derive(Default)]
@@ -54,6 +59,25 @@ pub struct State {
     /// Whether removed names stay taken, as Azure's soft delete keeps them.
     pub soft_delete: bool,
     pub max_in_flight: usize,
+    /// The provider id applications get when they name a key, where it
+    /// was set outside Vault (drift tests); otherwise the version of the
+    /// last `make_current`.
+    pub current_outside: BTreeMap<String, String>,
+}
+
+impl State {
+    /// The current provider id of a provider key.
+    pub fn current_id(&self, name: &str) -> Option<String> {
+        if let Some(id) = self.current_outside.get(name) {
+            return Some(id.clone());
+        }
+        let (_, version) = self.current.iter().rev().find(|(n, _)| n == name)?;
+        self.keys
+            .get(name)?
+            .iter()
+            .find(|v| v.version == *version && !v.foreign)
+            .map(|v| v.id.clone())
+    }
 }
 
 #[derive(Clone, Default)]
@@ -118,7 +142,10 @@ impl ImportSession for Session {
         let mut state = self.provider.state();
         state.in_flight -= 1;
         let versions = state.keys.entry(self.target.name.clone()).or_default();
-        if let Some(existing) = versions.iter().find(|v| v.version == request.version) {
+        if let Some(existing) = versions
+            .iter()
+            .find(|v| v.version == request.version && !v.foreign && !v.doomed)
+        {
             return Ok(existing.id.clone());
         }
         let id = format!("{}-v{}", self.target.name, versions.len() + 1);
@@ -126,8 +153,11 @@ impl ImportSession for Session {
             version: request.version,
             id: id.clone(),
             public_key: request.material.public_key_pem(),
+            public_der: request.material.public_key_der(),
             secret: request.material.as_bytes().to_vec(),
             enabled: request.enabled,
+            foreign: false,
+            doomed: false,
         });
         Ok(id)
     }
@@ -163,9 +193,9 @@ impl KmsProvider for TestProvider {
         target: &Target,
         latest: &VersionState<'_>,
     ) -> Result<(), ProviderError> {
-        self.state()
-            .current
-            .push((target.name.clone(), latest.version));
+        let mut state = self.state();
+        state.current_outside.remove(&target.name);
+        state.current.push((target.name.clone(), latest.version));
         Ok(())
     }
 
@@ -214,6 +244,59 @@ impl KmsProvider for TestProvider {
         state.keys.remove(&target.name);
         state.removed.push(target.name.clone());
         state.unrecorded.push(unrecorded.to_vec());
+        Ok(())
+    }
+
+    async fn inspect(
+        &self,
+        target: &Target,
+        _versions: &[VersionState<'_>],
+    ) -> Result<Option<LiveKey>, ProviderError> {
+        let state = self.state();
+        let Some(stored) = state.keys.get(&target.name) else {
+            return Ok(None);
+        };
+        let versions = stored
+            .iter()
+            .map(|v| LiveVersion {
+                provider_id: v.id.clone(),
+                vault_version: (!v.foreign).then_some(v.version),
+                enabled: v.enabled && !v.doomed,
+                doomed: v.doomed,
+                state: match (v.doomed, v.enabled) {
+                    (true, _) => "PendingDeletion",
+                    (false, true) => "Enabled",
+                    (false, false) => "Disabled",
+                }
+                .into(),
+                material: match &v.public_der {
+                    Some(der) => LiveMaterial::PublicKey(der.clone()),
+                    None => LiveMaterial::Unverifiable("AES material cannot be read".into()),
+                },
+            })
+            .collect();
+        Ok(Some(LiveKey {
+            versions,
+            has_current: true,
+            current: state.current_id(&target.name),
+        }))
+    }
+
+    async fn disable_foreign(
+        &self,
+        target: &Target,
+        provider_ids: &[String],
+    ) -> Result<(), ProviderError> {
+        let mut state = self.state();
+        let stored = state
+            .keys
+            .get_mut(&target.name)
+            .ok_or_else(|| ProviderError::Rejected("no such key".into()))?;
+        for v in stored.iter_mut() {
+            if v.foreign && provider_ids.contains(&v.id) {
+                v.enabled = false;
+            }
+        }
         Ok(())
     }
 
