@@ -43,12 +43,14 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
                     "Operations the key may perform in the provider, as a list or a comma-separated string. \
                      Fixed after distribution.",
                 )
-                .allowed(PURPOSES),
+                .allowed(PURPOSES)
+                .required_on_create(),
             )
             .field(
                 Field::new("protection", FieldType::String, "Where the provider keeps the key. Fixed after distribution.")
                     .default_value("hsm")
-                    .allowed(PROTECTIONS),
+                    .allowed(PROTECTIONS)
+                    .create_only(),
             )
             .existence_check(existence(distribution_exists))
             .operation(
@@ -121,6 +123,7 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
                 "Repair the provider's copy of a distributed key.",
                 handler(reconcile),
             )
+            .answers_with_data(Operation::Update)
             .help(
                 "Repair the provider's copy of a distributed key to match Vault's record.",
                 "Re-applies the enabled flags that min_enabled_version asks for, imports versions the \

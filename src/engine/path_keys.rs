@@ -34,25 +34,32 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
             .field(
                 Field::new("type", FieldType::String, "Type of the key; set at creation and never changed.")
                     .default_value("rsa-2048")
-                    .allowed(KEY_TYPES),
+                    .allowed(KEY_TYPES)
+                    .create_only(),
             )
             .field(Field::new(
                 "deletion_allowed",
                 FieldType::Bool,
                 "Whether the key may be deleted. Keys are protected from deletion by default.",
             ))
-            .field(Field::new(
-                "min_enabled_version",
-                FieldType::Int,
-                "Versions below this one are disabled in every KMS provider the key is distributed to, \
-                 and hidden from reads. 0 enables all versions.",
-            ))
-            .field(Field::new(
-                "replica_regions",
-                FieldType::CommaStringSlice,
-                "AWS regions that the key's multi-Region copies are replicated to, as a list or a \
-                 comma-separated string. Set only at creation; used by kms/:name/key/:key_name/replicate.",
-            ))
+            .field(
+                Field::new(
+                    "min_enabled_version",
+                    FieldType::Int,
+                    "Versions below this one are disabled in every KMS provider the key is distributed to, \
+                     and hidden from reads. 0 enables all versions.",
+                )
+                .update_only(),
+            )
+            .field(
+                Field::new(
+                    "replica_regions",
+                    FieldType::CommaStringSlice,
+                    "AWS regions that the key's multi-Region copies are replicated to, as a list or a \
+                     comma-separated string. Set only at creation; used by kms/:name/key/:key_name/replicate.",
+                )
+                .create_only(),
+            )
             .field(Field::new(
                 "auto_rotate_period",
                 FieldType::DurationSeconds,

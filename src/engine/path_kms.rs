@@ -27,13 +27,15 @@ pub fn paths() -> Vec<Path<KeyManagement>> {
             .field(name_field())
             .field(
                 Field::new("provider", FieldType::String, "The KMS provider type. Cannot be changed after creation.")
-                    .allowed(registry::names()),
+                    .allowed(registry::names())
+                    .create_only()
+                    .required_on_create(),
             )
-            .field(Field::new(
-                "key_collection",
-                FieldType::String,
-                registry::key_collection_help(),
-            ))
+            .field(
+                Field::new("key_collection", FieldType::String, registry::key_collection_help())
+                    .create_only()
+                    .required_on_create(),
+            )
             .field(
                 Field::new("credentials", FieldType::KvPairs, registry::credentials_help()).sensitive(),
             )

@@ -1010,3 +1010,52 @@ async fn secrets_are_stored_only_under_seal_wrapped_paths() {
         );
     }
 }
+
+#[tokio::test]
+async fn openapi_tells_create_from_update_and_declares_no_content() {
+    let h = Harness::new().await;
+    let reply = h
+        .backend
+        .handle_request(pb::Request {
+            operation: "help".into(),
+            path: String::new(),
+            data: r#"{"requestResponsePrefix":"keymgmt"}"#.into(),
+            ..Default::default()
+        })
+        .await;
+    let data: Value = serde_json::from_str(&reply.response.unwrap().data).unwrap();
+    let paths = &data["openapi"]["paths"];
+    let key = &paths["/key/{name}"];
+    assert_eq!(key["x-vault-createSupported"], true);
+    let post = &key["post"];
+    assert_eq!(post["summary"], "Update a key.");
+    assert_eq!(post["x-vault-create"]["summary"], "Create a key.");
+    assert_eq!(
+        post["x-vault-create"]["ignoredFields"],
+        json!(["min_enabled_version"])
+    );
+    let fields = &post["requestBody"]["content"]["application/json"]["schema"]["properties"];
+    assert_eq!(fields["type"]["x-vault-createOnly"], true);
+    assert_eq!(fields["min_enabled_version"]["x-vault-updateOnly"], true);
+    assert!(
+        fields["deletion_allowed"]
+            .get("x-vault-createOnly")
+            .is_none()
+    );
+    assert!(post["responses"].get("204").is_some(), "{post}");
+    assert!(key["get"]["responses"].get("204").is_none());
+    assert!(key["delete"]["responses"].get("204").is_some());
+    let kms = &paths["/kms/{name}"]["post"]["x-vault-create"];
+    assert_eq!(kms["required"], json!(["provider", "key_collection"]));
+    let distribute = &paths["/kms/{name}/key/{key_name}"]["post"]["x-vault-create"];
+    assert_eq!(distribute["required"], json!(["purpose"]));
+    // Writes that answer with data declare 200 only.
+    let reconcile = &paths["/kms/{name}/key/{key_name}/reconcile"]["post"];
+    assert!(reconcile["responses"].get("204").is_none(), "{reconcile}");
+    assert!(reconcile.get("x-vault-create").is_none());
+    assert!(
+        paths["/key/{name}/rotate"]["post"]["responses"]
+            .get("204")
+            .is_some()
+    );
+}

@@ -335,11 +335,20 @@ impl<B: Lifecycle> Backend<B> {
             Ok(built) => built,
             Err(err) => return error_reply(err),
         };
+        #[cfg(test)]
+        let answer = op.answer;
         match (op.handler)(self.state.clone(), req).await {
             Ok(Some(Response {
                 data,
                 warnings: mut extra,
             })) => {
+                #[cfg(test)]
+                assert!(
+                    data.is_empty() || answer == super::path::Answer::Data,
+                    "{} {} answered with data, but OpenAPI declares no content",
+                    operation.as_str(),
+                    path.pattern
+                );
                 warnings.append(&mut extra);
                 data_reply(data, warnings)
             }
@@ -441,6 +450,7 @@ mod tests {
                     Ok(Some(Response::data(data)))
                 }),
             )
+            .answers_with_data(Operation::Update)
             .operation(
                 Operation::Read,
                 "readThing",

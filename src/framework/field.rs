@@ -72,6 +72,21 @@ pub struct Field {
     pub sensitive: bool,
     /// Allowed values, for help and OpenAPI.
     pub allowed: &'static [&'static str],
+    /// Which of create and update take the field (OpenAPI only; the
+    /// handler enforces it).
+    pub scope: FieldScope,
+    /// Whether a create must give it.
+    pub required_on_create: bool,
+}
+
+/// Which writes of a path take a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldScope {
+    Always,
+    /// Set at creation, fixed afterwards.
+    CreateOnly,
+    /// Meaningful only once the object exists.
+    UpdateOnly,
 }
 
 impl Field {
@@ -83,7 +98,25 @@ impl Field {
             default: None,
             sensitive: false,
             allowed: &[],
+            scope: FieldScope::Always,
+            required_on_create: false,
         }
+    }
+
+    /// Taken at creation only; fixed afterwards.
+    pub fn create_only(mut self) -> Self {
+        self.scope = FieldScope::CreateOnly;
+        self
+    }
+
+    pub fn update_only(mut self) -> Self {
+        self.scope = FieldScope::UpdateOnly;
+        self
+    }
+
+    pub fn required_on_create(mut self) -> Self {
+        self.required_on_create = true;
+        self
     }
 
     pub fn default_value(mut self, value: impl Into<Value>) -> Self {

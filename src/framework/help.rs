@@ -3,8 +3,9 @@
 
 use serde_json::{Map, Value, json};
 
+use super::field::FieldScope;
 use super::operation::Operation;
-use super::path::Path;
+use super::path::{Answer, OperationHandler, Path};
 
 /// The text `vault path-help <mount>/<path>` prints, in Vault's layout.
 pub fn path_help<B>(request_path: &str, path: &Path<B>) -> String {
@@ -71,6 +72,32 @@ fn parameter_schema<B>(path: &Path<B>, name: &str) -> Value {
     })
 }
 
+/// What a create takes, answers and requires.
+fn create_item<B>(path: &Path<B>, create: &OperationHandler<B>) -> Value {
+    let required: Vec<&str> = path
+        .fields
+        .iter()
+        .filter(|f| f.required_on_create)
+        .map(|f| f.name)
+        .collect();
+    let status = match create.answer {
+        Answer::Data => "200",
+        Answer::NoContent => "204",
+    };
+    json!({
+        "operationId": create.operation_id,
+        "summary": create.summary,
+        "required": required,
+        "ignoredFields": path
+            .fields
+            .iter()
+            .filter(|f| f.scope == FieldScope::UpdateOnly)
+            .map(|f| f.name)
+            .collect::<Vec<_>>(),
+        "responses": {status: {"description": if status == "204" { "No Content" } else { "OK" }}},
+    })
+}
+
 fn body_schema<B>(path: &Path<B>) -> Value {
     let captures: Vec<&str> = path.capture_names().collect();
     let mut properties = Map::new();
@@ -82,6 +109,11 @@ fn body_schema<B>(path: &Path<B>) -> Value {
         }
         if let Some(default) = &field.default {
             schema["default"] = default.clone();
+        }
+        match field.scope {
+            FieldScope::Always => {}
+            FieldScope::CreateOnly => schema["x-vault-createOnly"] = true.into(),
+            FieldScope::UpdateOnly => schema["x-vault-updateOnly"] = true.into(),
         }
         properties.insert(field.name.to_owned(), schema);
     }
@@ -99,13 +131,19 @@ pub fn path_item<B>(path: &Path<B>) -> Value {
     if !parameters.is_empty() {
         item.insert("parameters".into(), parameters.into());
     }
-    let ok = json!({"200": {"description": "OK"}});
     for op in &path.operations {
+        let responses = match op.answer {
+            Answer::Data => json!({"200": {"description": "OK"}}),
+            Answer::NoContent => json!({
+                "204": {"description": "No Content"},
+                "200": {"description": "OK, with warnings only"},
+            }),
+        };
         let base = json!({
             "operationId": op.operation_id,
             "summary": op.summary,
             "tags": ["secrets"],
-            "responses": ok,
+            "responses": responses,
         });
         match op.operation {
             Operation::Read => {
@@ -120,7 +158,26 @@ pub fn path_item<B>(path: &Path<B>) -> Value {
                 }]);
                 item.insert("get".into(), get);
             }
-            Operation::Update | Operation::Create => {
+            // Both are POST: the update describes it, the create is
+            // described inside (`x-vault-create`), with its required fields.
+            Operation::Update => {
+                let mut post = base;
+                post["requestBody"] = json!({
+                    "required": true,
+                    "content": {"application/json": {"schema": body_schema(path)}},
+                });
+                if let Some(create) = path.handler_for(Operation::Create) {
+                    post["description"] = format!(
+                        "Creates the object when it does not exist ({}), updates it otherwise ({}). \
+                         Fields marked x-vault-createOnly are taken at creation only.",
+                        create.summary, op.summary
+                    )
+                    .into();
+                    post["x-vault-create"] = create_item(path, create);
+                }
+                item.insert("post".into(), post);
+            }
+            Operation::Create if path.handler_for(Operation::Update).is_none() => {
                 let mut post = base;
                 post["requestBody"] = json!({
                     "required": true,

@@ -49,6 +49,28 @@ pub struct OperationHandler<B> {
     /// The OpenAPI operationId, as Vault Enterprise names it.
     pub operation_id: &'static str,
     pub summary: &'static str,
+    pub answer: Answer,
+}
+
+/// What a successful operation answers, for OpenAPI; the unit tests check
+/// every answer against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 with data.
+    Data,
+    /// 204, or 200 with only warnings.
+    NoContent,
+}
+
+impl Answer {
+    /// Reads and lists answer with data, writes and deletes without,
+    /// unless a path says otherwise.
+    pub const fn default_for(operation: Operation) -> Self {
+        match operation {
+            Operation::Read | Operation::List => Self::Data,
+            _ => Self::NoContent,
+        }
+    }
 }
 
 /// A segment of a path pattern.
@@ -116,7 +138,20 @@ impl<B> Path<B> {
             handler,
             operation_id,
             summary,
+            answer: Answer::default_for(operation),
         });
+        self
+    }
+
+    /// Declares that `operation`, declared before, answers with data.
+    pub fn answers_with_data(mut self, operation: Operation) -> Self {
+        for op in self
+            .operations
+            .iter_mut()
+            .filter(|o| o.operation == operation)
+        {
+            op.answer = Answer::Data;
+        }
         self
     }
 
