@@ -54,6 +54,10 @@ impl Broker {
 
     /// Waits for the announcement of `id` and removes it from the buffer.
     pub async fn wait_for(&self, id: u32) -> Result<ConnInfo, BrokerError> {
+        self.wait_within(id, ANNOUNCEMENT_TIMEOUT).await
+    }
+
+    async fn wait_within(&self, id: u32, timeout: Duration) -> Result<ConnInfo, BrokerError> {
         let wait = async {
             loop {
                 let arrived = self.arrived.notified();
@@ -63,7 +67,7 @@ impl Broker {
                 arrived.await;
             }
         };
-        tokio::time::timeout(ANNOUNCEMENT_TIMEOUT, wait)
+        tokio::time::timeout(timeout, wait)
             .await
             .map_err(|_| BrokerError::NotAnnounced(id))
     }
@@ -179,11 +183,11 @@ mod tests {
         assert_eq!(broker.claim(3).unwrap().service_id, 3);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_missing_announcement_times_out() {
         let broker = Broker::default();
         assert!(matches!(
-            broker.wait_for(7).await,
+            broker.wait_within(7, Duration::from_millis(20)).await,
             Err(BrokerError::NotAnnounced(7))
         ));
     }

@@ -319,9 +319,10 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn run_retries_transient_failures_only() {
-        let p = policy();
+        // Real time, so short delays.
+        let p = RetryPolicy::with_base(Duration::from_millis(2));
         let mut seen = Vec::new();
         let result: Result<u32, Stop<&str>> = run(&p, "test call", |failures| {
             seen.push(failures);
