@@ -620,6 +620,163 @@ def test_extra_ca_certificates_are_trusted_through_the_setting(
         tls.close()
 
 
+# -- drift: status and reconcile -------------------------------------------------------
+
+
+def status(server: BaoServer, kms: str, key: str) -> dict[str, Any]:
+    return json.loads(cli(server, "read", "-format=json", f"{MOUNT}/kms/{kms}/key/{key}/status").stdout)["data"]
+
+
+def reconcile(server: BaoServer, kms: str, key: str, *args: str) -> dict[str, Any]:
+    out = cli(server, "write", "-f", "-format=json", f"{MOUNT}/kms/{kms}/key/{key}/reconcile", *args)
+    return json.loads(out.stdout)["data"]
+
+
+def kinds(data: dict[str, Any]) -> list[tuple[str, int | str | None]]:
+    """The drift as (kind, version or provider id), in the order reported."""
+    return [(d["kind"], d.get("version", d.get("provider_id"))) for d in data["drift"]]
+
+
+def kms_fingerprint(account: Account, key_id: str) -> str:
+    """sha256 of the public key as AWS hands it out, without the plugin."""
+    der = account.kms().get_public_key(KeyId=key_id)["PublicKey"]
+    return "sha256:" + hashes_sha256(der)
+
+
+def hashes_sha256(data: bytes) -> str:
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(data)
+    return digest.finalize().hex()
+
+
+def key_states(account: Account) -> dict[str, str]:
+    return {k["KeyId"]: k["KeyState"] for k in account.keys()}
+
+
+def test_drift_is_reported_and_reconciled(server: BaoServer, account: Account, kms_proxy: AwsFaultProxy, key: str) -> None:
+    """Status against LocalStack's state, changed behind Vault's back with boto3
+    (DisableKey, EnableKey, a foreign key made the alias target, ScheduleKeyDeletion),
+    and reconcile's repairs, read back from LocalStack. Primary region only."""
+    kms = f"aws-{key}"
+    boto = account.kms()
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=ecdsa-p256")
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    configure(server, kms, account, kms_proxy)
+    cli(server, "write", f"{MOUNT}/kms/{kms}/key/{key}", "purpose=sign,verify")
+    record = distribution(server, kms, key)
+    v1, v2, v3 = (record["versions"][str(v)] for v in (1, 2, 3))
+    alias = f"alias/hashicorp/{record['name']}"
+
+    # In sync, and the fingerprints agree three ways: Vault's key read, the
+    # provider's copy as status shows it, and GetPublicKey read directly.
+    data = status(server, kms, key)
+    assert data["in_sync"] is True and data["key_exists"] is True, data
+    assert data["drift"] == [] and data["foreign_versions"] == []
+    assert data["current_provider_id"] == v3
+    vault_versions = read_key(server, key)["versions"]
+    for version, key_id in record["versions"].items():
+        entry = data["versions"][version]
+        assert entry["provider_id"] == key_id
+        assert entry["state"] == "Enabled" and entry["enabled"] is True
+        assert entry["material"] == "matches"
+        assert entry["provider_fingerprint"] == entry["fingerprint"] == vault_versions[version]["fingerprint"]
+        assert entry["provider_fingerprint"] == kms_fingerprint(account, key_id)
+        assert record["fingerprints"][version] == entry["fingerprint"]
+
+    # Enabled flags changed outside Vault: version 1 (below min_enabled_version,
+    # disabled by Vault with its material in) enabled, version 2 disabled.
+    cli(server, "write", f"{MOUNT}/key/{key}", "min_enabled_version=2")
+    data = status(server, kms, key)
+    assert data["in_sync"] is True, data
+    assert data["versions"]["1"]["material"] == "unverifiable", "AWS shows no public key of a disabled key"
+    boto.enable_key(KeyId=v1)
+    boto.disable_key(KeyId=v2)
+    data = status(server, kms, key)
+    assert data["in_sync"] is False
+    assert kinds(data) == [("enabled_when_disabled", 1), ("disabled_when_enabled", 2)], data["drift"]
+    assert data["drift"][0]["severity"] == "critical"
+    dry = reconcile(server, kms, key, "dry_run=true")
+    assert dry["dry_run"] is True and dry["actions"] == ["disable version 1", "enable version 2"], dry
+    assert key_states(account) == {v1: "Enabled", v2: "Disabled", v3: "Enabled"}, "a dry run changes nothing"
+    done = reconcile(server, kms, key)
+    assert done["in_sync"] is True, done
+    assert key_states(account) == {v1: "Disabled", v2: "Enabled", v3: "Enabled"}
+
+    # A key made outside Vault becomes the alias target; another carries the
+    # distribution's tags (as a copy of Vault's would) under a version Vault
+    # never had.
+    tags = {t["TagKey"]: t["TagValue"] for t in boto.list_resource_tags(KeyId=v3)["Tags"]}
+    current = boto.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    boto.update_alias(AliasName=alias, TargetKeyId=current)
+    tagged = boto.create_key(
+        KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+        Tags=[{"TagKey": k, "TagValue": "9" if k == "keymgmt:version" else v} for k, v in tags.items()],
+    )["KeyMetadata"]["KeyId"]
+    data = status(server, kms, key)
+    assert data["current_provider_id"] == current
+    assert ("foreign_current", current) in kinds(data) and ("foreign_version", tagged) in kinds(data), data["drift"]
+    assert ("not_current", 3) in kinds(data)
+    assert data["drift"][0]["kind"] == "foreign_current"
+    foreign = {f["provider_id"]: f for f in data["foreign_versions"]}
+    assert set(foreign) == {current, tagged}
+    assert foreign[current]["current"] is True and foreign[current]["vault_version"] is None
+    assert foreign[tagged]["vault_version"] == 9 and foreign[tagged]["enabled"] is True
+    assert foreign[current]["provider_fingerprint"] == kms_fingerprint(account, current)
+    dry = reconcile(server, kms, key, "dry_run=true", "disable_foreign=true")
+    assert f"disable foreign version {current}" in dry["actions"] and "make version 3 current" in dry["actions"], dry
+    assert account.alias_target(alias) == current, "a dry run changes nothing"
+    assert key_states(account)[current] == key_states(account)[tagged] == "Enabled"
+    done = reconcile(server, kms, key, "disable_foreign=true")
+    assert account.alias_target(alias) == v3
+    states = key_states(account)
+    assert states[current] == states[tagged] == "Disabled", "disabled, never deleted"
+    assert {states[v] for v in (v2, v3)} == {"Enabled"} and states[v1] == "Disabled"
+    assert done["in_sync"] is True, done
+    assert kinds(done) == [("foreign_disabled", tagged)], "the untagged key is no longer named by the alias"
+
+    # One version's key scheduled for deletion: missing; reconcile imports the
+    # version again into a new key, tagged with its version.
+    boto.schedule_key_deletion(KeyId=v2, PendingWindowInDays=7)
+    data = status(server, kms, key)
+    assert kinds(data)[0] == ("version_missing", 2), data["drift"]
+    assert data["versions"]["2"]["state"] == "PendingDeletion" and data["versions"]["2"]["material"] == "missing"
+    done = reconcile(server, kms, key)
+    assert done["in_sync"] is True, done
+    new_v2 = distribution(server, kms, key)["versions"]["2"]
+    assert new_v2 not in (v1, v2, v3)
+    [meta] = [k for k in account.keys() if k["KeyId"] == new_v2]
+    assert meta["KeyState"] == "Enabled" and meta["Tags"]["keymgmt:version"] == "2"
+    assert kms_fingerprint(account, new_v2) == vault_versions["2"]["fingerprint"]
+    assert key_states(account)[v2] == "PendingDeletion"
+    assert account.alias_target(alias) == v3
+
+    # Every key deleted outside Vault: the key is missing, reconcile refuses.
+    for key_id, state in key_states(account).items():
+        if state != "PendingDeletion":
+            boto.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+    data = status(server, kms, key)
+    assert data["key_exists"] is False and kinds(data) == [("key_missing", None)], data
+    assert data["drift"][0]["severity"] == "critical"
+    bad = cli(server, "write", "-f", f"{MOUNT}/kms/{kms}/key/{key}/reconcile", check=False)
+    assert bad.returncode == 2 and "Code: 400" in bad.stderr and key in bad.stderr, bad.stderr
+    cli(server, "delete", f"{MOUNT}/kms/{kms}/key/{key}")
+
+
+def test_aes_status_is_in_sync_but_unverifiable(server: BaoServer, account: Account, kms_proxy: AwsFaultProxy, key: str) -> None:
+    kms = f"aws-{key}"
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=aes256-gcm96")
+    configure(server, kms, account, kms_proxy)
+    cli(server, "write", f"{MOUNT}/kms/{kms}/key/{key}", "purpose=encrypt,decrypt")
+    data = status(server, kms, key)
+    assert data["in_sync"] is True and data["drift"] == [], data
+    entry = data["versions"]["1"]
+    assert entry["material"] == "unverifiable" and entry["provider_fingerprint"] is None
+    assert entry["fingerprint"].startswith("kcv:") and "symmetric" in entry["material_detail"]
+    assert "GetPublicKey" not in kms_proxy.counts()
+    cli(server, "delete", f"{MOUNT}/kms/{kms}/key/{key}")
+
+
 # -- last: nothing secret in any log ------------------------------------------------------
 
 

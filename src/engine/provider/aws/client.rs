@@ -48,7 +48,8 @@ pub fn class_of(code: &str, status: Option<u16>) -> ErrorClass {
         | "MissingAuthenticationToken" => ErrorClass::AccessDenied,
         "NotFoundException" => ErrorClass::NotFound,
         "AlreadyExistsException" => ErrorClass::AlreadyExists,
-        "KMSInvalidStateException" => ErrorClass::InvalidState,
+        // A disabled key refuses what needs an enabled one (GetPublicKey).
+        "KMSInvalidStateException" | "DisabledException" => ErrorClass::InvalidState,
         _ => match status {
             Some(s) if s >= 500 => ErrorClass::Unavailable,
             Some(429) => ErrorClass::Throttled,
@@ -118,6 +119,8 @@ pub struct KeyInfo {
     pub key_id: String,
     pub state: KeyState,
     pub multi_region: bool,
+    /// `None` when AWS did not say.
+    pub key_spec: Option<KeySpec>,
 }
 
 /// `GetParametersForImport`'s answer. The token is not secret (it only
@@ -169,6 +172,8 @@ pub trait KmsApi: Send + Sync {
         encrypted: Vec<u8>,
     ) -> Result<(), ApiError>;
     async fn enable_key(&self, region: &str, key_id: &str) -> Result<(), ApiError>;
+    /// `GetPublicKey` of an asymmetric key: its SubjectPublicKeyInfo DER.
+    async fn get_public_key(&self, region: &str, key_id: &str) -> Result<Vec<u8>, ApiError>;
     async fn disable_key(&self, region: &str, key_id: &str) -> Result<(), ApiError>;
     /// `ScheduleKeyDeletion` with `PendingWindowInDays`.
     async fn schedule_key_deletion(
@@ -364,6 +369,7 @@ impl KmsApi for SdkKms {
                 .cloned()
                 .unwrap_or_else(|| KeyState::from("Unknown")),
             multi_region: meta.multi_region().unwrap_or(false),
+            key_spec: meta.key_spec().cloned(),
         })
     }
 
@@ -425,6 +431,26 @@ impl KmsApi for SdkKms {
             .await
             .map_err(from_sdk)?;
         Ok(())
+    }
+
+    async fn get_public_key(&self, region: &str, key_id: &str) -> Result<Vec<u8>, ApiError> {
+        let out = self
+            .client(region)
+            .await?
+            .get_public_key()
+            .key_id(key_id)
+            .send()
+            .await
+            .map_err(from_sdk)?;
+        out.public_key()
+            .map(|der| der.as_ref().to_vec())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorClass::Invalid,
+                    "GetPublicKey",
+                    "no public key returned",
+                )
+            })
     }
 
     async fn disable_key(&self, region: &str, key_id: &str) -> Result<(), ApiError> {
@@ -594,6 +620,10 @@ mod tests {
         );
         assert_eq!(
             class_of("KMSInvalidStateException", Some(400)),
+            ErrorClass::InvalidState
+        );
+        assert_eq!(
+            class_of("DisabledException", Some(400)),
             ErrorClass::InvalidState
         );
         assert_eq!(

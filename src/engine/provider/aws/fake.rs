@@ -337,6 +337,7 @@ impl KmsApi for FakeKms {
                 key_id: key.key_id.clone(),
                 state: key.state.clone(),
                 multi_region: key.multi_region,
+                key_spec: Some(key.spec.clone()),
             })
         });
         Self::end(lost, result)
@@ -429,6 +430,35 @@ impl KmsApi for FakeKms {
                 Ok(())
             }
             ref other => Err(invalid_state(key_id, other)),
+        });
+        Self::end(lost, result)
+    }
+
+    async fn get_public_key(&self, region: &str, key_id: &str) -> Result<Vec<u8>, ApiError> {
+        let lost = self.begin(Action::GetPublicKey)?;
+        let result = self.with_key(region, key_id, |key| {
+            let key_type = key_type_of(&key.spec).filter(|t| t.is_asymmetric());
+            match (&key.state, &key.material, key_type) {
+                (_, _, None) => Err(err(
+                    ErrorClass::Invalid,
+                    "UnsupportedOperationException",
+                    "a symmetric key has no public key",
+                )),
+                (KeyState::Disabled, _, _) => Err(err(
+                    ErrorClass::InvalidState,
+                    "DisabledException",
+                    &format!("{key_id} is disabled"),
+                )),
+                (KeyState::Enabled, Some(material), Some(key_type)) => {
+                    KeyMaterial::from_bytes(key_type, Zeroizing::new(material.clone()))
+                        .ok()
+                        .and_then(|m| m.public_key_der())
+                        .ok_or_else(|| {
+                            err(ErrorClass::Unavailable, "KMSInternalException", "material")
+                        })
+                }
+                (other, _, _) => Err(invalid_state(key_id, other)),
+            }
         });
         Self::end(lost, result)
     }
@@ -621,6 +651,60 @@ impl FakeKms {
     pub fn clear_faults(&self) {
         self.state.lock().unwrap().faults.clear();
     }
+
+    /// Sets a key's state as someone in the console would (`EnableKey`,
+    /// `DisableKey`, `ScheduleKeyDeletion`), without the API's checks.
+    pub fn set_state_outside(&self, region: &str, key_id: &str, state: KeyState) {
+        if let Some(key) = self
+            .state
+            .lock()
+            .unwrap()
+            .keys
+            .get_mut(&(region.to_owned(), key_id.to_owned()))
+        {
+            key.state = state;
+        }
+    }
+
+    /// Creates an enabled key with `material` and the given tags, as
+    /// someone outside Vault would; returns its id.
+    pub fn add_outside(
+        &self,
+        region: &str,
+        spec: KeySpec,
+        usage: KeyUsageType,
+        material: &KeyMaterial,
+        tags: &[(String, String)],
+    ) -> String {
+        let mut state = self.state.lock().unwrap();
+        state.counter += 1;
+        let key_id = format!(
+            "{:08x}-0000-4000-9000-{:012x}",
+            state.counter, state.counter
+        );
+        let key = FakeKey {
+            key_id: key_id.clone(),
+            region: region.to_owned(),
+            spec,
+            usage,
+            multi_region: false,
+            state: KeyState::Enabled,
+            tags: tags.iter().cloned().collect(),
+            material: Some(material.as_bytes().to_vec()),
+            deletion_days: None,
+        };
+        state.keys.insert((region.to_owned(), key_id.clone()), key);
+        key_id
+    }
+
+    /// Points an alias at a key (`UpdateAlias` or `CreateAlias`).
+    pub fn set_alias_outside(&self, region: &str, alias: &str, key_id: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .aliases
+            .insert((region.to_owned(), alias.to_owned()), key_id.to_owned());
+    }
 }
 
 /// The region the doubles' providers use.
@@ -630,9 +714,19 @@ pub const REGION: &str = "us-east-1";
 #[derive(Default)]
 pub struct AwsDouble {
     pub fake: std::sync::Arc<FakeKms>,
+    /// The key type of the suite's targets; AES when `None`.
+    pub key_type: Option<KeyType>,
 }
 
 impl AwsDouble {
+    /// A double whose targets are of `key_type`.
+    pub fn of(key_type: KeyType) -> Self {
+        Self {
+            key_type: Some(key_type),
+            ..Self::default()
+        }
+    }
+
     pub fn aws(&self) -> super::AwsKms {
         let retry = crate::engine::provider::client::retry::RetryPolicy::with_base(
             std::time::Duration::from_millis(1),
@@ -648,12 +742,20 @@ impl crate::engine::provider::conformance::Double for AwsDouble {
 
     fn target(&self, name: &str) -> crate::engine::provider::Target {
         use crate::engine::provider::{Protection, Purpose, Target};
-        Target::for_test(
-            name,
-            KeyType::Aes256Gcm96,
-            &[Purpose::Decrypt, Purpose::Encrypt],
-            Protection::Hsm,
-        )
+        match self.key_type {
+            None | Some(KeyType::Aes256Gcm96) => Target::for_test(
+                name,
+                KeyType::Aes256Gcm96,
+                &[Purpose::Decrypt, Purpose::Encrypt],
+                Protection::Hsm,
+            ),
+            Some(key_type) => Target::for_test(
+                name,
+                key_type,
+                &[Purpose::Sign, Purpose::Verify],
+                Protection::Hsm,
+            ),
+        }
     }
 
     fn import_sites(&self) -> &'static [&'static str] {
@@ -724,5 +826,39 @@ impl crate::engine::provider::conformance::Double for AwsDouble {
                 self.fake.delete_outside(REGION, &key.key_id);
             }
         }
+    }
+}
+
+impl crate::engine::provider::conformance::Tamper for AwsDouble {
+    fn set_enabled_outside(
+        &self,
+        _target: &crate::engine::provider::Target,
+        provider_id: &str,
+        enabled: bool,
+    ) {
+        let state = if enabled {
+            KeyState::Enabled
+        } else {
+            KeyState::Disabled
+        };
+        self.fake.set_state_outside(REGION, provider_id, state);
+    }
+
+    /// An untagged key, as made in the console, and the alias moved to it.
+    fn add_foreign(
+        &self,
+        target: &crate::engine::provider::Target,
+        material: &KeyMaterial,
+    ) -> String {
+        let (spec, usage) = super::key_spec(target.key_type, &target.purposes);
+        let key_id = self.fake.add_outside(REGION, spec, usage, material, &[]);
+        self.fake
+            .set_alias_outside(REGION, &super::alias_name(&target.name), &key_id);
+        key_id
+    }
+
+    fn doom_outside(&self, _target: &crate::engine::provider::Target, provider_id: &str) -> bool {
+        self.fake.delete_outside(REGION, provider_id);
+        true
     }
 }

@@ -30,6 +30,14 @@
 //! (a replica of an imported-material key has no material of its own).
 //! After the first `replicate`, rotation replicates each new version too,
 //! and `min_enabled_version` and removal reach the replicas.
+//!
+//! Drift (`inspect`) is read in the primary region only: each recorded
+//! version's key (`DescribeKey`; `GetPublicKey` of an enabled asymmetric
+//! key, whose SubjectPublicKeyInfo DER is compared with Vault's), the
+//! alias's target as the current version, and the keys carrying the
+//! distribution's tags that Vault has not recorded. AWS shows nothing of
+//! AES material, nor the public key of a disabled key; a version below
+//! `min_enabled_version` has no material (`PendingImport`).
 
 pub mod client;
 pub mod config;
@@ -49,14 +57,14 @@ use super::client::timing::{self, api_time, wrap_time};
 use super::client::{ApiError, ErrorClass, process_env};
 use super::registry::{Credential, Descriptor};
 use super::{
-    ImportRequest, ImportSession, KmsProvider, NewId, Protection, ProviderConfig, ProviderError,
-    Purpose, Target, VersionState,
+    ImportRequest, ImportSession, KmsProvider, LiveKey, LiveMaterial, LiveVersion, NewId,
+    Protection, ProviderConfig, ProviderError, Purpose, Target, VersionState,
 };
 use crate::engine::key_type::KeyType;
 use crate::engine::material::KeyMaterial;
 use crate::engine::wrap::{OaepHash, rsa_aes_key_wrap, rsa_oaep_encrypt, rsa_public_from_spki_der};
 use crate::framework::error::quote;
-use client::{KmsApi, NewKey, SdkKms};
+use client::{KeyInfo, KmsApi, NewKey, SdkKms};
 use config::Settings;
 
 const AES_PURPOSES: &[Purpose] = &[Purpose::Encrypt, Purpose::Decrypt];
@@ -260,6 +268,7 @@ pub enum Action {
     ImportKeyMaterial,
     EnableKey,
     DisableKey,
+    GetPublicKey,
     ScheduleKeyDeletion,
     ListKeys,
     ListResourceTags,
@@ -278,6 +287,7 @@ impl Action {
             Self::ImportKeyMaterial => "ImportKeyMaterial",
             Self::EnableKey => "EnableKey",
             Self::DisableKey => "DisableKey",
+            Self::GetPublicKey => "GetPublicKey",
             Self::ScheduleKeyDeletion => "ScheduleKeyDeletion",
             Self::ListKeys => "ListKeys",
             Self::ListResourceTags => "ListResourceTags",
@@ -297,6 +307,7 @@ impl Action {
             Self::ImportKeyMaterial => "kms:ImportKeyMaterial",
             Self::EnableKey => "kms:EnableKey",
             Self::DisableKey => "kms:DisableKey",
+            Self::GetPublicKey => "kms:GetPublicKey",
             Self::ScheduleKeyDeletion => "kms:ScheduleKeyDeletion",
             Self::ListKeys => "kms:ListKeys",
             Self::ListResourceTags => "kms:ListResourceTags",
@@ -560,6 +571,94 @@ impl AwsKms {
             }
             Err(e) => Err(self.failed(Action::ScheduleKeyDeletion, region, &e)),
         }
+    }
+}
+
+/// Whether a key in this state is scheduled for deletion: it counts as
+/// gone, and is never adopted again.
+fn doomed(state: &KeyState) -> bool {
+    matches!(
+        state,
+        KeyState::PendingDeletion | KeyState::PendingReplicaDeletion
+    )
+}
+
+impl AwsKms {
+    /// `DescribeKey` of a key id or alias name; `None` when there is none.
+    async fn describe(&self, region: &str, key_id: &str) -> Result<Option<KeyInfo>, ProviderError> {
+        let api = &self.api;
+        match self
+            .call(Action::DescribeKey, region, |_| {
+                api.describe_key(region, key_id)
+            })
+            .await
+        {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.class == ErrorClass::NotFound => Ok(None),
+            Err(e) => Err(self.failed(Action::DescribeKey, region, &e)),
+        }
+    }
+
+    /// One key as drift detection sees it. Its public key is read only
+    /// when it is enabled: AWS shows none of a disabled key
+    /// (`DisabledException`), nor of one without material.
+    async fn live_version(
+        &self,
+        region: &str,
+        info: &KeyInfo,
+        vault_version: Option<u32>,
+    ) -> Result<LiveVersion, ProviderError> {
+        let asymmetric = match &info.key_spec {
+            Some(spec) => *spec != KeySpec::SymmetricDefault && !spec.as_str().starts_with("HMAC_"),
+            None => false,
+        };
+        let enabled = info.state == KeyState::Enabled;
+        let material = match &info.state {
+            KeyState::PendingImport => LiveMaterial::Absent,
+            state if doomed(state) => {
+                LiveMaterial::Unverifiable("the KMS key is scheduled for deletion".into())
+            }
+            _ if !asymmetric => LiveMaterial::Unverifiable(
+                "AWS KMS shows nothing of a symmetric key's material".into(),
+            ),
+            KeyState::Enabled => {
+                let api = &self.api;
+                let key_id = info.key_id.as_str();
+                match self
+                    .call(Action::GetPublicKey, region, |_| {
+                        api.get_public_key(region, key_id)
+                    })
+                    .await
+                {
+                    Ok(der) => LiveMaterial::PublicKey(der),
+                    // Disabled or deleted since it was described.
+                    Err(e)
+                        if matches!(e.class, ErrorClass::InvalidState | ErrorClass::NotFound) =>
+                    {
+                        LiveMaterial::Unverifiable(format!(
+                            "AWS KMS did not show its public key: {}",
+                            e.code
+                        ))
+                    }
+                    Err(e) => return Err(self.failed(Action::GetPublicKey, region, &e)),
+                }
+            }
+            KeyState::Disabled => {
+                LiveMaterial::Unverifiable("AWS KMS shows no public key of a disabled key".into())
+            }
+            other => LiveMaterial::Unverifiable(format!(
+                "AWS KMS shows no public key of a key in state {}",
+                other.as_str()
+            )),
+        };
+        Ok(LiveVersion {
+            provider_id: info.key_id.clone(),
+            vault_version,
+            enabled,
+            doomed: doomed(&info.state),
+            state: info.state.as_str().to_owned(),
+            material,
+        })
     }
 }
 
@@ -881,6 +980,95 @@ impl KmsProvider for AwsKms {
         }
     }
 
+    /// The primary region only: each recorded version's key
+    /// (`DescribeKey`, and `GetPublicKey` of an enabled asymmetric one),
+    /// the alias target (`DescribeKey` of the alias name) as current, and
+    /// keys tagged with the distribution id that Vault has not recorded
+    /// (the tag scan of imports: `ListKeys`, `ListResourceTags`). A key
+    /// Vault did not create and did not tag is seen only while the alias
+    /// names it. `None` when none of these is left outside its deletion
+    /// window.
+    async fn inspect(
+        &self,
+        target: &Target,
+        versions: &[VersionState<'_>],
+    ) -> Result<Option<LiveKey>, ProviderError> {
+        let region = self.region.as_str();
+        let mut live: Vec<LiveVersion> = Vec::new();
+        for state in versions {
+            if live.iter().any(|l| l.provider_id == state.provider_id) {
+                continue;
+            }
+            if let Some(info) = self.describe(region, state.provider_id).await? {
+                live.push(
+                    self.live_version(region, &info, Some(state.version))
+                        .await?,
+                );
+            }
+        }
+        let seen = Mutex::default();
+        for (key_id, version) in self.tagged_keys(region, &target.id, &seen).await? {
+            if live.iter().any(|l| l.provider_id == key_id) {
+                continue;
+            }
+            if let Some(info) = self.describe(region, &key_id).await? {
+                live.push(self.live_version(region, &info, Some(version)).await?);
+            }
+        }
+        let current = self.describe(region, &alias_name(&target.name)).await?;
+        if let Some(info) = &current
+            && !live.iter().any(|l| l.provider_id == info.key_id)
+        {
+            live.push(self.live_version(region, info, None).await?);
+        }
+        if live.iter().all(|l| l.doomed) {
+            return Ok(None);
+        }
+        Ok(Some(LiveKey {
+            versions: live,
+            has_current: true,
+            current: current.map(|info| info.key_id),
+        }))
+    }
+
+    /// `DisableKey` of each key in the primary region; a key already
+    /// gone, disabled, scheduled for deletion or without material is left
+    /// as it is. Nothing is deleted.
+    async fn disable_foreign(
+        &self,
+        target: &Target,
+        provider_ids: &[String],
+    ) -> Result<(), ProviderError> {
+        let region = self.region.as_str();
+        let api = &self.api;
+        for key_id in provider_ids {
+            match self
+                .call(Action::DisableKey, region, |_| {
+                    api.disable_key(region, key_id)
+                })
+                .await
+            {
+                Ok(()) => {
+                    log::warn!(
+                        "aws kms: disabled {key_id}, a KMS key of {} that Vault did not create",
+                        target.name
+                    );
+                }
+                Err(e) if e.class == ErrorClass::NotFound => {}
+                Err(e) if e.class == ErrorClass::InvalidState => {
+                    match self.describe(region, key_id).await? {
+                        Some(info) if info.state == KeyState::Enabled => {
+                            return Err(self.failed(Action::DisableKey, region, &e));
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => return Err(self.failed(Action::DisableKey, region, &e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn replicate(
         &self,
         target: &Target,
@@ -922,6 +1110,209 @@ mod tests {
     async fn passes_the_conformance_suite() {
         let double = fake::AwsDouble::default();
         super::super::conformance::run(&double, "awskms").await;
+    }
+
+    #[tokio::test]
+    async fn passes_the_drift_contract() {
+        for key_type in [KeyType::Aes256Gcm96, KeyType::EcdsaP256] {
+            let double = fake::AwsDouble::of(key_type);
+            super::super::conformance::run_drift(&double, &format!("awskms {key_type}")).await;
+        }
+    }
+
+    /// Imports versions 1..=n of an ECDSA target, version 1 disabled.
+    async fn distributed(
+        double: &fake::AwsDouble,
+        name: &str,
+        n: u32,
+    ) -> (Target, Vec<KeyMaterial>, Vec<String>) {
+        use super::super::conformance::Double;
+        let provider = double.provider();
+        let target = double.target(name);
+        let materials: Vec<KeyMaterial> = (0..n)
+            .map(|_| KeyMaterial::generate(target.key_type).unwrap())
+            .collect();
+        let mut ids: Vec<String> = Vec::new();
+        for (i, material) in materials.iter().enumerate() {
+            let session = provider.begin_import(&target);
+            let id = session
+                .import(ImportRequest {
+                    version: i as u32 + 1,
+                    material,
+                    enabled: i > 0,
+                    resume: false,
+                    recorded: &ids,
+                })
+                .await
+                .unwrap();
+            session.finish().await;
+            ids.push(id);
+        }
+        (target, materials, ids)
+    }
+
+    fn states<'a>(ids: &'a [String], materials: &'a [KeyMaterial]) -> Vec<VersionState<'a>> {
+        ids.iter()
+            .zip(materials)
+            .enumerate()
+            .map(|(i, (id, material))| VersionState {
+                version: i as u32 + 1,
+                provider_id: id,
+                enabled: i > 0,
+                material,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn inspect_shows_unimported_versions_and_unrecorded_tagged_keys() {
+        let double = fake::AwsDouble::of(KeyType::EcdsaP256);
+        let (target, materials, ids) = distributed(&double, "tagged-1700000020", 3).await;
+        let aws = double.aws();
+        // Vault recorded only versions 1 and 2; version 3's key carries
+        // the distribution's tags (an import whose answer was lost).
+        let recorded = states(&ids[..2], &materials[..2]);
+        let live = aws.inspect(&target, &recorded).await.unwrap().unwrap();
+        assert_eq!(live.current, None, "no alias yet");
+        assert!(live.has_current);
+        let v1 = live
+            .versions
+            .iter()
+            .find(|l| l.provider_id == ids[0])
+            .unwrap();
+        assert_eq!(
+            (v1.enabled, v1.state.as_str(), &v1.material),
+            (false, "PendingImport", &LiveMaterial::Absent)
+        );
+        let v3 = live
+            .versions
+            .iter()
+            .find(|l| l.provider_id == ids[2])
+            .unwrap();
+        assert_eq!(v3.vault_version, Some(3));
+        assert!(v3.enabled && !v3.doomed);
+        assert_eq!(
+            v3.material,
+            LiveMaterial::PublicKey(materials[2].public_key_der().unwrap())
+        );
+        // A disabled key's public key cannot be read.
+        double
+            .fake
+            .set_state_outside(fake::REGION, &ids[1], KeyState::Disabled);
+        let live = aws.inspect(&target, &recorded).await.unwrap().unwrap();
+        let v2 = live
+            .versions
+            .iter()
+            .find(|l| l.provider_id == ids[1])
+            .unwrap();
+        assert!(
+            matches!(v2.material, LiveMaterial::Unverifiable(_)),
+            "{v2:?}"
+        );
+        // Two enabled keys, then one: none asked of the disabled key.
+        assert_eq!(double.fake.calls(Action::GetPublicKey), 3);
+        // Read-only: nothing was created, enabled or moved.
+        for action in [
+            Action::CreateKey,
+            Action::EnableKey,
+            Action::DisableKey,
+            Action::ImportKeyMaterial,
+            Action::UpdateAlias,
+            Action::CreateAlias,
+        ] {
+            let before = double.fake.calls(action);
+            aws.inspect(&target, &recorded).await.unwrap();
+            assert_eq!(double.fake.calls(action), before, "{action:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_scheduled_for_deletion_is_imported_again_never_adopted() {
+        let double = fake::AwsDouble::of(KeyType::EcdsaP256);
+        let (target, materials, ids) = distributed(&double, "doomed-1700000021", 2).await;
+        double.fake.delete_outside(fake::REGION, &ids[1]);
+        let aws = double.aws();
+        let live = aws
+            .inspect(&target, &states(&ids, &materials))
+            .await
+            .unwrap()
+            .unwrap();
+        let v2 = live
+            .versions
+            .iter()
+            .find(|l| l.provider_id == ids[1])
+            .unwrap();
+        assert!(v2.doomed && !v2.enabled, "{v2:?}");
+        // The engine drops version 2 and imports it again, as a resumed
+        // import: the tag scan must pass over the doomed key.
+        let session = aws.begin_import(&target);
+        let again = session
+            .import(ImportRequest {
+                version: 2,
+                material: &materials[1],
+                enabled: true,
+                resume: true,
+                recorded: &ids[..1],
+            })
+            .await
+            .unwrap();
+        session.finish().await;
+        assert_ne!(again, ids[1]);
+        let key = double.fake.key(fake::REGION, &again).unwrap();
+        assert_eq!(key.state, KeyState::Enabled);
+        assert_eq!(key.tag(TAG_VERSION), Some("2"));
+        assert_eq!(key.material.as_deref(), Some(materials[1].as_bytes()));
+        // Every key of the distribution deleted: the key is gone, even
+        // while the alias still names one of them.
+        let recorded = [ids[0].clone(), again.clone()];
+        let all = states(&recorded, &materials);
+        aws.make_current(&target, &all[1]).await.unwrap();
+        for id in &recorded {
+            double.fake.delete_outside(fake::REGION, id);
+        }
+        assert_eq!(aws.inspect(&target, &all).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn disable_foreign_disables_and_tolerates_what_is_gone() {
+        let double = fake::AwsDouble::of(KeyType::EcdsaP256);
+        let (target, _, ids) = distributed(&double, "foreign-1700000022", 2).await;
+        let aws = double.aws();
+        let other = KeyMaterial::generate(target.key_type).unwrap();
+        let foreign = double.fake.add_outside(
+            fake::REGION,
+            KeySpec::EccNistP256,
+            KeyUsageType::SignVerify,
+            &other,
+            &[],
+        );
+        let doomed = double.fake.add_outside(
+            fake::REGION,
+            KeySpec::EccNistP256,
+            KeyUsageType::SignVerify,
+            &other,
+            &[],
+        );
+        double.fake.delete_outside(fake::REGION, &doomed);
+        aws.disable_foreign(
+            &target,
+            &[foreign.clone(), doomed.clone(), "no-such-key".into()],
+        )
+        .await
+        .unwrap();
+        let state = |id: &str| double.fake.key(fake::REGION, id).unwrap().state;
+        assert_eq!(state(&foreign), KeyState::Disabled);
+        assert_eq!(state(&doomed), KeyState::PendingDeletion);
+        assert_eq!(state(&ids[1]), KeyState::Enabled, "ours untouched");
+        // A denial names the permission.
+        double
+            .fake
+            .inject(Action::DisableKey, fake::Fault::Denied, 1);
+        let err = aws
+            .disable_foreign(&target, std::slice::from_ref(&foreign))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("kms:DisableKey"), "{err}");
     }
 
     #[test]
