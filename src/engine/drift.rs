@@ -440,13 +440,20 @@ pub fn assess(key: &Key, record: &Distribution, live: Option<&LiveKey>) -> Asses
         drift.push(item.provider_id(id));
     }
 
+    // A current version being deleted serves nobody: it counts as unset.
+    let current_doomed = live
+        .current
+        .as_deref()
+        .and_then(|c| by_id.get(c))
+        .is_some_and(|v| v.doomed);
     if live.has_current
         && let Some(latest) = latest_id
         && live.current.as_deref() != Some(latest.as_str())
-        && live
-            .current
-            .as_deref()
-            .is_none_or(|c| recorded.contains(&c))
+        && (current_doomed
+            || live
+                .current
+                .as_deref()
+                .is_none_or(|c| recorded.contains(&c)))
     {
         drift.push(
             Drift::new(

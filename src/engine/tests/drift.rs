@@ -229,6 +229,21 @@ async fn reconcile_repairs_what_it_can_and_disables_foreign_only_when_asked() {
 }
 
 #[tokio::test]
+async fn a_current_version_being_deleted_is_not_current() {
+    let (h, name) = distributed("ecdsa-p256").await;
+    let foreign = add_foreign_current(&h, &name);
+    {
+        let mut state = h.provider.state();
+        let v = state.keys.get_mut(&name).unwrap();
+        v.iter_mut().find(|v| v.id == foreign).unwrap().doomed = true;
+    }
+    let status = h.ok("read", STATUS, Value::Null).await;
+    assert_eq!(kinds(&status), ["not_current"], "{status:#}");
+    let done = h.ok("write", RECONCILE, Value::Null).await;
+    assert_eq!(done["in_sync"], true, "{done:#}");
+}
+
+#[tokio::test]
 async fn versions_that_never_reached_the_provider_are_imported() {
     let (h, _) = distributed("ecdsa-p256").await;
     h.provider.state().fail_imports = 5;
