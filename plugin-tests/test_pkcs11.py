@@ -26,6 +26,7 @@ import pytest
 from asn1crypto.core import OctetString
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 import harness
@@ -482,7 +483,9 @@ def test_drift_is_seen_and_repaired_in_the_token(server: BaoServer, tok: SoftHsm
 def test_drift_status_shows_what_the_token_can_prove(server: BaoServer, tok: SoftHsmToken, key: str,
                                                       key_type: str, purpose: str) -> None:
     """RSA: the fingerprint is the token's public key's. AES: SoftHSM gives no
-    CKA_CHECK_VALUE for an unwrapped key, so the material is unverifiable, and said so."""
+    CKA_CHECK_VALUE for an unwrapped key, so the material is unverifiable, and said so; a
+    key object made with C_CreateObject has one (SoftHSM computes it), which is compared:
+    Vault's key matches, another key is material_differs."""
     cli(server, "write", f"{MOUNT}/key/{key}", f"type={key_type}")
     cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", f"purpose={purpose}")
     record = distribution(server, KMS, key)
@@ -492,6 +495,20 @@ def test_drift_status_shows_what_the_token_can_prove(server: BaoServer, tok: Sof
     if key_type == "aes256-gcm96":
         assert shown["material"] == "unverifiable" and shown["provider_fingerprint"] is None, shown
         assert "CKA_CHECK_VALUE" in shown["material_detail"]
+        label, id_ = record["name"], bytes.fromhex(record["versions"]["1"])
+        for value, expected in [(stored_material(server, key, 1), "matches"), (os.urandom(32), "differs")]:
+            with tok.session(rw=True) as s:
+                for obj in s.get_objects({Attribute.LABEL: label, Attribute.ID: id_}):
+                    obj.destroy()
+                s.create_object({**softhsm.import_template(ObjectClass.SECRET_KEY, KeyType.AES, label, id_,
+                                                           ("encrypt",)), Attribute.VALUE: value})
+            encryptor = Cipher(algorithms.AES(value), modes.ECB()).encryptor()
+            kcv = "kcv:" + (encryptor.update(bytes(16)) + encryptor.finalize())[:3].hex()
+            data = status(server, key)
+            shown = data["versions"]["1"]
+            assert shown["material"] == expected and shown["provider_fingerprint"] == kcv, shown
+            assert kinds(data) == ({("material_differs", 1)} if expected == "differs" else set()), data["drift"]
+            assert (kcv == read_key(server, key)["versions"]["1"]["fingerprint"]) == (expected == "matches")
     else:
         assert shown["material"] == "matches", shown
         assert shown["provider_fingerprint"] == read_key(server, key)["versions"]["1"]["fingerprint"] == \
