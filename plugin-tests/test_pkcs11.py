@@ -26,6 +26,7 @@ import pytest
 from asn1crypto.core import OctetString
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 import harness
@@ -360,3 +361,156 @@ def test_without_an_allow_list_nothing_loads(tok: SoftHsmToken, tmp_path: Path) 
     finally:
         srv.stop()
         kill_plugins(srv)
+
+
+# -- drift: status and reconcile against the token itself ------------------------------
+
+
+def status(server: BaoServer, key: str) -> dict[str, Any]:
+    return json.loads(cli(server, "read", "-format=json", f"{MOUNT}/kms/{KMS}/key/{key}/status").stdout)["data"]
+
+
+def reconcile(server: BaoServer, key: str, *args: str) -> dict[str, Any]:
+    return json.loads(cli(server, "write", "-format=json", *(() if args else ("-f",)),
+                          f"{MOUNT}/kms/{KMS}/key/{key}/reconcile", *args).stdout)["data"]
+
+
+def kinds(data: dict[str, Any]) -> set[tuple[str, Any]]:
+    return {(d["kind"], d.get("version", d.get("provider_id"))) for d in data["drift"]}
+
+
+def snapshot(tok: SoftHsmToken, label: str) -> list[str]:
+    return [o.describe() for o in tok.objects(label=label)]
+
+
+def spki_fingerprint(tok: SoftHsmToken, label: str, id_: bytes) -> str:
+    """sha256 of the SubjectPublicKeyInfo `cryptography` builds from the public-key object
+    python-pkcs11 reads: independent of the plugin's own encoding."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(tok.public_key_der(label, id_))
+    return "sha256:" + digest.finalize().hex()
+
+
+def test_drift_is_seen_and_repaired_in_the_token(server: BaoServer, tok: SoftHsmToken, key: str) -> None:
+    """Fingerprints match the token's public keys; usage switched on and off, a foreign
+    object under the label and a destroyed version show as drift; a dry run changes
+    nothing in the token; reconcile repairs (the destroyed version imported again under
+    its CKA_ID), disable_foreign switches the foreign object's usage off without
+    destroying it; with every object gone the key is missing and reconcile a 400."""
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=ecdsa-p256")
+    for _ in range(2):
+        cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", "purpose=sign,verify")
+    record = distribution(server, KMS, key)
+    label, ids = record["name"], {int(n): bytes.fromhex(i) for n, i in record["versions"].items()}
+    fresh = status(server, key)
+    assert fresh["in_sync"] is True and fresh["drift"] == [] and fresh["key_exists"] is True, fresh
+    assert fresh["current_provider_id"] is None  # PKCS#11 has no current version
+    read = read_key(server, key)["versions"]
+    for n, id_ in ids.items():
+        shown = fresh["versions"][str(n)]
+        assert shown["provider_fingerprint"] == read[str(n)]["fingerprint"] == spki_fingerprint(tok, label, id_)
+        assert shown["material"] == "matches" and shown["enabled"] is True, shown
+
+    # Behind Vault's back: version 3 can no longer sign, version 1 (below
+    # min_enabled_version) signs again, version 2 is destroyed, and another client
+    # imports a key of its own under the label.
+    cli(server, "write", f"{MOUNT}/key/{key}", "min_enabled_version=2")
+    assert tok.objects(label, ids[1], ObjectClass.PRIVATE_KEY)[0].get(Attribute.SIGN) is False
+    tok.set_usage(label, ids[3], ObjectClass.PRIVATE_KEY, sign=False)
+    tok.set_usage(label, ids[1], ObjectClass.PRIVATE_KEY, sign=True)
+    with tok.session(rw=True) as s:
+        for obj in s.get_objects({Attribute.LABEL: label, Attribute.ID: ids[2]}):
+            obj.destroy()
+    foreign_id = os.urandom(8)
+    theirs = ec.generate_private_key(ec.SECP256R1())
+    tok.reference_import(theirs.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()),
+                         "ec", label, foreign_id, ("sign", "verify"))
+    drifted = status(server, key)
+    assert kinds(drifted) == {("enabled_when_disabled", 1), ("disabled_when_enabled", 3),
+                              ("version_missing", 2), ("foreign_version", foreign_id.hex())}, drifted["drift"]
+    assert drifted["in_sync"] is False
+    assert drifted["versions"]["3"]["state"] == "CKA_VERIFY on", drifted["versions"]["3"]
+    (foreign,) = drifted["foreign_versions"]
+    assert foreign["provider_id"] == foreign_id.hex() and foreign["enabled"] is True, foreign
+    assert foreign["vault_version"] is None
+    assert foreign["provider_fingerprint"] == spki_fingerprint(tok, label, foreign_id)
+
+    # A dry run says what it would do and leaves the token as it is.
+    before = snapshot(tok, label)
+    planned = reconcile(server, key, "dry_run=true", "disable_foreign=true")
+    assert set(planned["actions"]) == {"disable version 1", "enable version 3", "import version 2",
+                                       f"disable foreign version {foreign_id.hex()}"}, planned["actions"]
+    assert snapshot(tok, label) == before
+
+    # Reconcile: version 2 is imported again (same CKA_ID), the usage attributes are
+    # Vault's again; the foreign object is left alone without disable_foreign.
+    repaired = reconcile(server, key)
+    assert kinds(repaired) == {("foreign_version", foreign_id.hex())}, repaired["drift"]
+    assert distribution(server, KMS, key)["versions"] == record["versions"]
+    ours = [o for o in tok.objects(label=label) if o.id != foreign_id]
+    assert sorted(o.id for o in ours) == sorted([*ids.values()] * 2), [o.describe() for o in ours]
+    for n, id_ in ids.items():
+        for obj in (o for o in ours if o.id == id_):
+            expected = softhsm.import_template(obj.object_class, KeyType.EC, label, id_,
+                                               ("sign", "verify") if n >= 2 else ())
+            assert {a: obj.get(a) for a in expected} == expected, f"version {n}: {obj.describe()}"
+    public = serialization.load_pem_public_key(read_key(server, key)["versions"]["2"]["public_key"].encode())
+    softhsm.verify_token_signature(tok, label, ids[2], public)
+    assert spki_fingerprint(tok, label, ids[2]) == read["2"]["fingerprint"]
+    assert tok.objects(label, foreign_id, ObjectClass.PRIVATE_KEY)[0].get(Attribute.SIGN) is True
+
+    # disable_foreign: every usage attribute of the foreign objects off, both still there.
+    done = reconcile(server, key, "disable_foreign=true")
+    assert done["in_sync"] is True and kinds(done) == {("foreign_disabled", foreign_id.hex())}, done["drift"]
+    mine = tok.objects(label, foreign_id)
+    assert sorted(int(o.object_class) for o in mine) == [int(ObjectClass.PUBLIC_KEY), int(ObjectClass.PRIVATE_KEY)]
+    assert all(not any(o.usage().values()) for o in mine), [o.describe() for o in mine]
+
+    # Every object destroyed outside Vault: the key is missing, reconcile refuses.
+    with tok.session(rw=True) as s:
+        for obj in s.get_objects({Attribute.LABEL: label}):
+            obj.destroy()
+    gone = status(server, key)
+    assert gone["key_exists"] is False and kinds(gone) == {("key_missing", None)}, gone
+    bad = cli(server, "write", "-f", f"{MOUNT}/kms/{KMS}/key/{key}/reconcile", check=False)
+    assert_400(bad, f'cannot reconcile key "{key}"', label)
+    cli(server, "delete", f"{MOUNT}/kms/{KMS}/key/{key}")
+
+
+@pytest.mark.parametrize(("key_type", "purpose"), [("rsa-2048", "sign,decrypt"), ("aes256-gcm96", "encrypt")])
+def test_drift_status_shows_what_the_token_can_prove(server: BaoServer, tok: SoftHsmToken, key: str,
+                                                      key_type: str, purpose: str) -> None:
+    """RSA: the fingerprint is the token's public key's. AES: SoftHSM gives no
+    CKA_CHECK_VALUE for an unwrapped key, so the material is unverifiable, and said so; a
+    key object made with C_CreateObject has one (SoftHSM computes it), which is compared:
+    Vault's key matches, another key is material_differs."""
+    cli(server, "write", f"{MOUNT}/key/{key}", f"type={key_type}")
+    cli(server, "write", f"{MOUNT}/kms/{KMS}/key/{key}", f"purpose={purpose}")
+    record = distribution(server, KMS, key)
+    data = status(server, key)
+    assert data["in_sync"] is True and data["drift"] == [], data
+    shown = data["versions"]["1"]
+    if key_type == "aes256-gcm96":
+        assert shown["material"] == "unverifiable" and shown["provider_fingerprint"] is None, shown
+        assert "CKA_CHECK_VALUE" in shown["material_detail"]
+        label, id_ = record["name"], bytes.fromhex(record["versions"]["1"])
+        for value, expected in [(stored_material(server, key, 1), "matches"), (os.urandom(32), "differs")]:
+            with tok.session(rw=True) as s:
+                for obj in s.get_objects({Attribute.LABEL: label, Attribute.ID: id_}):
+                    obj.destroy()
+                s.create_object({**softhsm.import_template(ObjectClass.SECRET_KEY, KeyType.AES, label, id_,
+                                                           ("encrypt",)), Attribute.VALUE: value})
+            encryptor = Cipher(algorithms.AES(value), modes.ECB()).encryptor()
+            kcv = "kcv:" + (encryptor.update(bytes(16)) + encryptor.finalize())[:3].hex()
+            data = status(server, key)
+            shown = data["versions"]["1"]
+            assert shown["material"] == expected and shown["provider_fingerprint"] == kcv, shown
+            assert kinds(data) == ({("material_differs", 1)} if expected == "differs" else set()), data["drift"]
+            assert (kcv == read_key(server, key)["versions"]["1"]["fingerprint"]) == (expected == "matches")
+    else:
+        assert shown["material"] == "matches", shown
+        assert shown["provider_fingerprint"] == read_key(server, key)["versions"]["1"]["fingerprint"] == \
+            spki_fingerprint(tok, record["name"], bytes.fromhex(record["versions"]["1"]))
+    cli(server, "delete", f"{MOUNT}/kms/{KMS}/key/{key}")

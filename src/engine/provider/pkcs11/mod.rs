@@ -25,6 +25,17 @@
 //! attribute off from its creation on. PKCS#11 has no "current version":
 //! applications pick the highest enabled `CKA_ID` of the label.
 //!
+//! Drift (`inspect`): every key object under the label, grouped by
+//! `CKA_ID`; an id that is not a recorded version's is foreign (its
+//! Vault version read from the id when it carries the distribution's
+//! prefix). A version is enabled when the usage attributes its purposes
+//! need are on (one usage attribute on is enough to count a version that
+//! should be disabled, or a foreign one, as usable); its material is the
+//! SubjectPublicKeyInfo of its public key object (RSA private keys show
+//! their modulus too), or an AES key's `CKA_CHECK_VALUE` where the token
+//! gives one: the provider never uses a key to compute a check value.
+//! `disable_foreign` switches usage attributes off, never destroys.
+//!
 //! Everything is safe to repeat: objects are looked up by class, label
 //! and id before they are made, and removal destroys every object of the
 //! label whose id carries the distribution's prefix, recorded or not.
@@ -54,8 +65,8 @@ use super::client::timing::{self, api_time};
 use super::client::{ApiError, ErrorClass, process_env};
 use super::registry::{Credential, Descriptor, any_purposes};
 use super::{
-    ImportRequest, ImportSession, KmsProvider, NewId, Protection, ProviderConfig, ProviderError,
-    Purpose, Target, VersionState,
+    ImportRequest, ImportSession, KmsProvider, LiveKey, LiveMaterial, LiveVersion, NewId,
+    Protection, ProviderConfig, ProviderError, Purpose, Target, VersionState,
 };
 use crate::engine::key_type::{EcCurve, KeyType};
 use crate::engine::material::KeyMaterial;
@@ -378,17 +389,22 @@ fn public_attributes(key_type: KeyType, spki: &[u8]) -> Result<Vec<Attribute>, A
     ])
 }
 
-/// The SubjectPublicKeyInfo of a token's public key object.
+/// The SubjectPublicKeyInfo of a token object's public parts: RSA
+/// `CKA_MODULUS` and `CKA_PUBLIC_EXPONENT` (public key objects, and RSA
+/// private key objects, which carry them too), or EC `CKA_EC_PARAMS` and
+/// `CKA_EC_POINT` (public key objects). The curve is the object's own
+/// (`key_type`'s where it shows no `CKA_EC_PARAMS`); `None` where the
+/// parts are missing or are no key this crate can encode exactly.
 fn spki_of(key_type: KeyType, attrs: &[Attribute]) -> Option<Vec<u8>> {
-    if key_type.rsa_bits().is_some() {
-        let n = attrs.iter().find_map(|a| match a {
-            Attribute::Modulus(n) => Some(n),
-            _ => None,
-        })?;
-        let e = attrs.iter().find_map(|a| match a {
-            Attribute::PublicExponent(e) => Some(e),
-            _ => None,
-        })?;
+    let n = attrs.iter().find_map(|a| match a {
+        Attribute::Modulus(n) => Some(n),
+        _ => None,
+    });
+    let e = attrs.iter().find_map(|a| match a {
+        Attribute::PublicExponent(e) => Some(e),
+        _ => None,
+    });
+    if let (Some(n), Some(e)) = (n, e) {
         let public =
             RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from_bytes_be(e)).ok()?;
         return public
@@ -396,17 +412,38 @@ fn spki_of(key_type: KeyType, attrs: &[Attribute]) -> Option<Vec<u8>> {
             .ok()
             .map(|d| d.as_bytes().to_vec());
     }
-    let curve = key_type.ec_curve()?;
     let point = attrs.iter().find_map(|a| match a {
         Attribute::EcPoint(p) => Some(p),
         _ => None,
     })?;
-    let expected_header = ec_point_attribute(&vec![0; 1 + 2 * curve.coordinate_len()]);
-    let header_len = expected_header.len() - (1 + 2 * curve.coordinate_len());
-    let raw = point.get(header_len..)?;
+    let params = attrs.iter().find_map(|a| match a {
+        Attribute::EcParams(p) => Some(p),
+        _ => None,
+    });
+    let curve = match params {
+        Some(params) => [EcCurve::P256, EcCurve::P384, EcCurve::P521]
+            .into_iter()
+            .find(|c| ec_params(*c) == params.as_slice())?,
+        None => key_type.ec_curve()?,
+    };
+    let raw = raw_ec_point(curve, point)?;
     let mut spki = ec_spki_header(curve);
     spki.extend_from_slice(raw);
     Some(spki)
+}
+
+/// The uncompressed point of a `CKA_EC_POINT` on `curve`: a DER OCTET
+/// STRING around it, as PKCS#11 specifies, or the bare point some older
+/// tokens give.
+fn raw_ec_point(curve: EcCurve, attribute: &[u8]) -> Option<&[u8]> {
+    let raw_len = 1 + 2 * curve.coordinate_len();
+    let wrapped = ec_point_attribute(&vec![0x04; raw_len]);
+    let header = wrapped.get(..wrapped.len() - raw_len)?;
+    let raw = match attribute.strip_prefix(header) {
+        Some(raw) if raw.len() == raw_len => raw,
+        _ => attribute,
+    };
+    (raw.len() == raw_len && raw.first() == Some(&0x04)).then_some(raw)
 }
 
 fn bool_of(attrs: &[Attribute], ty: AttributeType) -> Option<bool> {
@@ -427,22 +464,33 @@ fn bool_of(attrs: &[Attribute], ty: AttributeType) -> Option<bool> {
     })
 }
 
-/// One object of a distribution, as the token has it.
+/// The provider id of objects that have no (or an empty) `CKA_ID`: never
+/// the hex of an id.
+pub const NO_ID: &str = "no-cka-id";
+
+/// One key object under a distribution's label, as the token has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundObject {
     /// `private`, `public` or `secret`.
     pub class: &'static str,
-    /// The usage attributes that are on (`sign`, `decrypt`, ...).
+    /// The usage attributes that are on (`sign`, `decrypt`, ...,
+    /// `sign_recover`, `verify_recover`, `derive`).
     pub usage: Vec<&'static str>,
-    /// The SubjectPublicKeyInfo DER, for public key objects.
+    /// The SubjectPublicKeyInfo DER of its public parts: public key
+    /// objects, and RSA private keys (which carry modulus and exponent).
     pub spki: Option<Vec<u8>>,
+    /// A non-empty `CKA_CHECK_VALUE` of a secret key.
+    pub check_value: Option<Vec<u8>>,
 }
 
-/// One version of a distribution in the token.
+/// The objects under a distribution's label that share one `CKA_ID`: a
+/// version of the distribution, or one Vault did not create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FoundVersion {
-    pub version: u32,
-    /// The provider id (hex of `CKA_ID`).
+    /// The Vault version the id names, when it carries the distribution's
+    /// prefix.
+    pub version: Option<u32>,
+    /// The provider id (hex of `CKA_ID`, or [`NO_ID`]).
     pub id: String,
     pub objects: Vec<FoundObject>,
 }
@@ -455,6 +503,11 @@ impl FoundVersion {
             .all(|p| self.objects.iter().any(|o| o.usage.contains(&p.as_str())))
     }
 
+    /// Whether any usage attribute of any of its objects is on.
+    pub fn usable(&self) -> bool {
+        self.objects.iter().any(|o| !o.usage.is_empty())
+    }
+
     /// SHA-256 of the public key's SubjectPublicKeyInfo, hex.
     pub fn public_key_fingerprint(&self) -> Option<String> {
         self.objects
@@ -462,23 +515,73 @@ impl FoundVersion {
             .find_map(|o| o.spki.as_ref())
             .map(|spki| hex(&Sha256::digest(spki)))
     }
+
+    /// The usage attributes that are on, by their PKCS#11 names: the
+    /// version's state, since PKCS#11 has no other.
+    fn state(&self) -> String {
+        let mut on: Vec<String> = Vec::new();
+        for (_, name) in USAGE {
+            if self.objects.iter().any(|o| o.usage.contains(&name)) {
+                on.push(format!("CKA_{}", name.to_ascii_uppercase()));
+            }
+        }
+        if on.is_empty() {
+            "every usage attribute off".to_owned()
+        } else {
+            format!("{} on", on.join(" "))
+        }
+    }
 }
 
-const USAGE: [(AttributeType, &str); 6] = [
+const USAGE: [(AttributeType, &str); 9] = [
     (AttributeType::Sign, "sign"),
     (AttributeType::Verify, "verify"),
     (AttributeType::Encrypt, "encrypt"),
     (AttributeType::Decrypt, "decrypt"),
     (AttributeType::Wrap, "wrap"),
     (AttributeType::Unwrap, "unwrap"),
+    (AttributeType::SignRecover, "sign_recover"),
+    (AttributeType::VerifyRecover, "verify_recover"),
+    (AttributeType::Derive, "derive"),
 ];
 
-/// Every object of the distribution (label and id prefix), with its usage
-/// and public key: what the token holds for `spec`, recorded or not.
+/// The class name of a key object; `None` for certificates, data and the
+/// like, which are no key versions.
+fn key_class_name(attrs: &[Attribute]) -> Option<&'static str> {
+    match attrs.iter().find_map(|a| match a {
+        Attribute::Class(c) => Some(*c),
+        _ => None,
+    }) {
+        Some(c) if c == ObjectClass::PRIVATE_KEY => Some("private"),
+        Some(c) if c == ObjectClass::PUBLIC_KEY => Some("public"),
+        Some(c) if c == ObjectClass::SECRET_KEY => Some("secret"),
+        _ => None,
+    }
+}
+
+/// The provider id of an object's `CKA_ID`.
+fn id_of(attrs: &[Attribute]) -> (String, Vec<u8>) {
+    let id = attrs
+        .iter()
+        .find_map(|a| match a {
+            Attribute::Id(id) => Some(id.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    if id.is_empty() {
+        (NO_ID.to_owned(), id)
+    } else {
+        (hex(&id), id)
+    }
+}
+
+/// Every key object under the distribution's label, grouped by `CKA_ID`,
+/// with its usage and what it shows of its material: the distribution's
+/// versions (recorded or not) and objects Vault did not create. Read-only.
 fn scan(s: &dyn TokenSession, spec: &Spec) -> Result<Vec<FoundVersion>, ApiError> {
     let mut versions: Vec<FoundVersion> = Vec::new();
     for handle in s.find(&[Attribute::Label(spec.label.clone())])? {
-        let attrs = s.attributes(
+        let attrs = match s.attributes(
             handle,
             &[
                 AttributeType::Class,
@@ -489,33 +592,29 @@ fn scan(s: &dyn TokenSession, spec: &Spec) -> Result<Vec<FoundVersion>, ApiError
                 AttributeType::Decrypt,
                 AttributeType::Wrap,
                 AttributeType::Unwrap,
+                AttributeType::SignRecover,
+                AttributeType::VerifyRecover,
+                AttributeType::Derive,
                 AttributeType::Modulus,
                 AttributeType::PublicExponent,
+                AttributeType::EcParams,
                 AttributeType::EcPoint,
+                AttributeType::CheckValue,
             ],
-        )?;
-        let Some(id) = attrs.iter().find_map(|a| match a {
-            Attribute::Id(id) => Some(id.clone()),
-            _ => None,
-        }) else {
+        ) {
+            Ok(attrs) => attrs,
+            // Destroyed by another client since the search.
+            Err(e) if e.code == "CKR_OBJECT_HANDLE_INVALID" => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(class) = key_class_name(&attrs) else {
             continue;
         };
-        let Some(version) = id
+        let (provider_id, id) = id_of(&attrs);
+        let version = id
             .strip_prefix(spec.prefix.as_slice())
             .and_then(|v| <[u8; 4]>::try_from(v).ok())
-            .map(u32::from_be_bytes)
-        else {
-            continue; // another distribution's object under the same label
-        };
-        let class = match attrs.iter().find_map(|a| match a {
-            Attribute::Class(c) => Some(*c),
-            _ => None,
-        }) {
-            Some(c) if c == ObjectClass::PRIVATE_KEY => "private",
-            Some(c) if c == ObjectClass::PUBLIC_KEY => "public",
-            Some(c) if c == ObjectClass::SECRET_KEY => "secret",
-            _ => continue,
-        };
+            .map(u32::from_be_bytes);
         let object = FoundObject {
             class,
             usage: USAGE
@@ -523,21 +622,95 @@ fn scan(s: &dyn TokenSession, spec: &Spec) -> Result<Vec<FoundVersion>, ApiError
                 .filter(|(ty, _)| bool_of(&attrs, *ty) == Some(true))
                 .map(|(_, name)| *name)
                 .collect(),
-            spki: (class == "public")
+            spki: (class != "secret")
                 .then(|| spki_of(spec.key_type, &attrs))
                 .flatten(),
+            check_value: attrs.iter().find_map(|a| match a {
+                Attribute::CheckValue(v) if class == "secret" && !v.is_empty() => Some(v.clone()),
+                _ => None,
+            }),
         };
-        match versions.iter_mut().find(|v| v.version == version) {
+        match versions.iter_mut().find(|v| v.id == provider_id) {
             Some(found) => found.objects.push(object),
             None => versions.push(FoundVersion {
                 version,
-                id: hex(&id),
+                id: provider_id,
                 objects: vec![object],
             }),
         }
     }
-    versions.sort_by_key(|v| v.version);
+    versions.sort_by(|a, b| {
+        (a.version.is_none(), a.version, &a.id).cmp(&(b.version.is_none(), b.version, &b.id))
+    });
     Ok(versions)
+}
+
+/// What the provider reports of one `CKA_ID` under the label. `recorded`
+/// is Vault's version with that id, if any: a version Vault wants
+/// enabled counts as enabled only when every purpose's usage attribute is
+/// on, any other as soon as one usage attribute is (applications can use
+/// it for that).
+fn live_version(
+    found: &FoundVersion,
+    purposes: &[Purpose],
+    recorded: Option<&VersionState<'_>>,
+) -> LiveVersion {
+    let wants_enabled = recorded.is_some_and(|r| r.enabled);
+    // A version is its key object: a public key alone is what is left of
+    // a version destroyed outside Vault.
+    let has_key = found.objects.iter().any(|o| o.class != "public");
+    let mut state = found.state();
+    if !has_key {
+        state = format!("no private key object ({state})");
+    } else if found.objects.iter().any(|o| o.class == "private")
+        && !found.objects.iter().any(|o| o.class == "public")
+    {
+        state = format!("{state}; no public key object");
+    }
+    let enabled = has_key
+        && if wants_enabled {
+            found.enabled(purposes)
+        } else {
+            found.usable()
+        };
+    LiveVersion {
+        provider_id: found.id.clone(),
+        vault_version: found.version,
+        enabled,
+        doomed: !has_key,
+        state,
+        material: live_material(found, recorded.and_then(|r| r.material.public_key_der())),
+    }
+}
+
+/// What the objects show of the key: every SubjectPublicKeyInfo they
+/// carry (one that differs from Vault's `ours` first, so that a replaced
+/// public key object or private key shows), or a secret key's
+/// `CKA_CHECK_VALUE`.
+fn live_material(found: &FoundVersion, ours: Option<Vec<u8>>) -> LiveMaterial {
+    let spkis: Vec<&Vec<u8>> = found
+        .objects
+        .iter()
+        .filter_map(|o| o.spki.as_ref())
+        .collect();
+    if let Some(spki) = spkis
+        .iter()
+        .find(|s| ours.as_ref().is_some_and(|o| o != **s))
+        .or(spkis.first())
+    {
+        return LiveMaterial::PublicKey((*spki).clone());
+    }
+    if let Some(kcv) = found.objects.iter().find_map(|o| o.check_value.as_ref()) {
+        return LiveMaterial::CheckValue(kcv.clone());
+    }
+    if found.objects.iter().any(|o| o.class == "secret") {
+        return LiveMaterial::Unverifiable(
+            "the token shows no CKA_CHECK_VALUE for this AES key (SoftHSM leaves it empty on unwrapped keys); the provider does not encrypt with the key to compute one".into(),
+        );
+    }
+    LiveMaterial::Unverifiable(
+        "the token shows no public key for this version (no public key object, or one this provider cannot read)".into(),
+    )
 }
 
 /// The unwrapping key: its private handle and public half, checked.
@@ -984,8 +1157,9 @@ impl Pkcs11Kms {
         result.map_err(|e| to_provider(&e, what))
     }
 
-    /// What the token holds for `target`: every version (recorded or not)
-    /// with its objects, usage and public key. For drift detection.
+    /// What the token holds under `target`'s label: every `CKA_ID`
+    /// (the distribution's versions, recorded or not, and objects Vault did
+    /// not create) with its objects, usage and public key. Read-only.
     pub async fn inventory(&self, target: &Target) -> Result<Vec<FoundVersion>, ProviderError> {
         let spec = Spec::new(target);
         self.call("listing objects", move |s| scan(s, &spec)).await
@@ -1143,6 +1317,66 @@ impl KmsProvider for Pkcs11Kms {
         Ok(Vec::new())
     }
 
+    /// Every `CKA_ID` under the label, Vault's and foreign ones. PKCS#11
+    /// has no current version (applications pick by label and id) and no
+    /// deletion schedule: a destroyed version is simply absent, and one
+    /// whose private key alone was destroyed is reported doomed.
+    async fn inspect(
+        &self,
+        target: &Target,
+        versions: &[VersionState<'_>],
+    ) -> Result<Option<LiveKey>, ProviderError> {
+        let found = self.inventory(target).await?;
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let versions = found
+            .iter()
+            .map(|f| {
+                let recorded = versions.iter().find(|v| v.provider_id == f.id);
+                live_version(f, &target.purposes, recorded)
+            })
+            .collect();
+        Ok(Some(LiveKey {
+            versions,
+            has_current: false,
+            current: None,
+        }))
+    }
+
+    /// Switches every usage attribute off on the key objects under the
+    /// label whose `CKA_ID` is one of `provider_ids`; destroys nothing.
+    async fn disable_foreign(
+        &self,
+        target: &Target,
+        provider_ids: &[String],
+    ) -> Result<(), ProviderError> {
+        let spec = Spec::new(target);
+        let ids = provider_ids.to_vec();
+        self.call("disabling objects Vault did not create", move |s| {
+            let touched = AtomicBool::new(false);
+            for handle in s.find(&[Attribute::Label(spec.label.clone())])? {
+                let attrs = match s.attributes(handle, &[AttributeType::Class, AttributeType::Id]) {
+                    Ok(attrs) => attrs,
+                    Err(e) if e.code == "CKR_OBJECT_HANDLE_INVALID" => continue,
+                    Err(e) => return Err(e),
+                };
+                let class = match key_class_name(&attrs) {
+                    Some("private") => ObjectClass::PRIVATE_KEY,
+                    Some("public") => ObjectClass::PUBLIC_KEY,
+                    Some(_) => ObjectClass::SECRET_KEY,
+                    None => continue,
+                };
+                if !ids.contains(&id_of(&attrs).0) {
+                    continue;
+                }
+                ensure_usage(s, handle, &spec.usage(class, false), &touched)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Destroys every object with the distribution's label and id prefix.
     async fn remove(
         &self,
@@ -1223,6 +1457,109 @@ mod tests {
         // EC material declared as another curve is refused.
         let p256 = KeyMaterial::generate(KeyType::EcdsaP256).unwrap();
         assert!(public_attributes(KeyType::EcdsaP384, &p256.public_key_der().unwrap()).is_err());
+    }
+
+    fn object(class: &'static str, usage: &[&'static str], spki: Option<Vec<u8>>) -> FoundObject {
+        FoundObject {
+            class,
+            usage: usage.to_vec(),
+            spki,
+            check_value: None,
+        }
+    }
+
+    #[test]
+    fn live_versions_are_judged_by_their_usage_attributes() {
+        let material = KeyMaterial::generate(KeyType::EcdsaP256).unwrap();
+        let spki = material.public_key_der().unwrap();
+        let purposes = [Purpose::Sign, Purpose::Verify];
+        let found = |private: &[&'static str], public: &[&'static str]| FoundVersion {
+            version: Some(1),
+            id: "ab".into(),
+            objects: vec![
+                object("private", private, None),
+                object("public", public, Some(spki.clone())),
+            ],
+        };
+        let state = |enabled| VersionState {
+            version: 1,
+            provider_id: "ab",
+            enabled,
+            material: &material,
+        };
+        // Wanted enabled: every purpose's attribute must be on.
+        let full = live_version(
+            &found(&["sign"], &["verify"]),
+            &purposes,
+            Some(&state(true)),
+        );
+        assert!(full.enabled && !full.doomed, "{full:?}");
+        assert_eq!(full.state, "CKA_SIGN CKA_VERIFY on");
+        assert_eq!(full.material, LiveMaterial::PublicKey(spki.clone()));
+        let half = live_version(&found(&[], &["verify"]), &purposes, Some(&state(true)));
+        assert!(!half.enabled, "CKA_SIGN off: {half:?}");
+        // Wanted disabled, and foreign: one usage attribute on is usable.
+        let one = live_version(&found(&["sign"], &[]), &purposes, Some(&state(false)));
+        assert!(one.enabled, "{one:?}");
+        let off = live_version(&found(&[], &[]), &purposes, Some(&state(false)));
+        assert!(!off.enabled);
+        assert_eq!(off.state, "every usage attribute off");
+        let foreign = live_version(&found(&["derive"], &[]), &purposes, None);
+        assert!(foreign.enabled && foreign.vault_version == Some(1));
+        // A public key alone: the version was destroyed.
+        let mut gone = found(&[], &["verify"]);
+        gone.objects.remove(0);
+        let gone = live_version(&gone, &purposes, Some(&state(true)));
+        assert!(gone.doomed && !gone.enabled, "{gone:?}");
+        // Two public keys: the one that is not Vault's shows.
+        let other = KeyMaterial::generate(KeyType::EcdsaP256).unwrap();
+        let mut two = found(&["sign"], &["verify"]);
+        two.objects
+            .push(object("public", &[], other.public_key_der()));
+        let two = live_version(&two, &purposes, Some(&state(true)));
+        assert_eq!(
+            two.material,
+            LiveMaterial::PublicKey(other.public_key_der().unwrap())
+        );
+        // AES: the check value where the token has one.
+        let mut secret = object("secret", &["encrypt"], None);
+        let aes = FoundVersion {
+            version: Some(1),
+            id: "ab".into(),
+            objects: vec![secret.clone()],
+        };
+        assert!(matches!(
+            live_version(&aes, &[Purpose::Encrypt], None).material,
+            LiveMaterial::Unverifiable(_)
+        ));
+        secret.check_value = Some(vec![1, 2, 3]);
+        let aes = FoundVersion {
+            objects: vec![secret],
+            ..aes
+        };
+        assert_eq!(
+            live_version(&aes, &[Purpose::Encrypt], None).material,
+            LiveMaterial::CheckValue(vec![1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn ec_points_are_read_wrapped_or_bare_on_their_own_curve() {
+        let material = KeyMaterial::generate(KeyType::EcdsaP384).unwrap();
+        let spki = material.public_key_der().unwrap();
+        let attrs = public_attributes(KeyType::EcdsaP384, &spki).unwrap();
+        // The object's CKA_EC_PARAMS decide the curve, not the target's.
+        assert_eq!(spki_of(KeyType::EcdsaP256, &attrs), Some(spki.clone()));
+        let bare: Vec<Attribute> = attrs
+            .iter()
+            .map(|a| match a {
+                Attribute::EcPoint(p) => Attribute::EcPoint(p[2..].to_vec()),
+                other => other.clone(),
+            })
+            .collect();
+        assert_eq!(spki_of(KeyType::EcdsaP384, &bare), Some(spki));
+        let short = [Attribute::EcPoint(vec![0x04, 0x03, 0x04, 1, 2])];
+        assert_eq!(spki_of(KeyType::EcdsaP256, &short), None);
     }
 
     #[test]

@@ -47,7 +47,7 @@ const PIN: &str = "unit-test-pin-4711";
 /// Tells a child test it runs under [`softhsm_suite`].
 const MARKER: &str = "KEYMGMT_TEST_SOFTHSM";
 /// The number of tests in [`child`]: all must run.
-const CHILD_TESTS: usize = 7;
+const CHILD_TESTS: usize = 10;
 
 fn softhsm2_util(conf: &Path, args: &[&str]) {
     let out = Command::new("softhsm2-util")
@@ -412,13 +412,72 @@ impl Double for SoftHsmDouble {
             .map(|(id, _)| hex(&id))
     }
 
+    /// Destroys every object under the label, Vault's and foreign ones.
     fn delete_outside(&self, target: &Target) {
         let inspector = Inspector::open(self.token);
-        for objects in self.objects(&inspector, target).values() {
-            for object in objects {
-                inspector.session.destroy_object(*object).unwrap();
-            }
+        for object in inspector.find(&[Attribute::Label(Spec::new(target).label)]) {
+            inspector.session.destroy_object(object).unwrap();
         }
+    }
+}
+
+impl SoftHsmDouble {
+    /// The objects under the target's label with the provider id `id`.
+    fn with_id(&self, inspector: &Inspector, target: &Target, id: &str) -> Vec<ObjectHandle> {
+        let spec = Spec::new(target);
+        inspector
+            .find(&[Attribute::Label(spec.label.clone())])
+            .into_iter()
+            .filter(|o| hex(&inspector.class_and_id(*o).1) == id)
+            .collect()
+    }
+}
+
+impl conformance::Tamper for SoftHsmDouble {
+    /// Writes the usage attributes directly, as an operator with
+    /// `pkcs11-tool` would.
+    fn set_enabled_outside(&self, target: &Target, provider_id: &str, enabled: bool) {
+        let inspector = Inspector::open(self.token);
+        let spec = Spec::new(target);
+        let objects = self.with_id(&inspector, target, provider_id);
+        assert!(!objects.is_empty(), "no objects with id {provider_id}");
+        for object in objects {
+            let (class, _) = inspector.class_and_id(object);
+            inspector
+                .session
+                .update_attributes(object, &spec.usage(class, enabled))
+                .unwrap();
+        }
+    }
+
+    /// The same label, another distribution's `CKA_ID` prefix: made by
+    /// the token's own unwrap, as another client with the PIN could.
+    fn add_foreign(&self, target: &Target, material: &KeyMaterial) -> String {
+        let other = Target {
+            id: format!("foreign-{}", rand::random::<u64>()),
+            ..target.clone()
+        };
+        let job = super::ImportJob {
+            spec: Spec::new(&other),
+            version: 1,
+            material: material.clone(),
+            enabled: true,
+            token: self.token.to_owned(),
+            touched: Arc::default(),
+            wrap_micros: Arc::default(),
+            oaep_sha1: Arc::default(),
+        };
+        let inspector = Inspector::open(self.token);
+        job.run(&super::client::Live(&inspector.session)).unwrap();
+        hex(&job.spec.id(1))
+    }
+
+    fn doom_outside(&self, target: &Target, provider_id: &str) -> bool {
+        let inspector = Inspector::open(self.token);
+        for object in self.with_id(&inspector, target, provider_id) {
+            inspector.session.destroy_object(object).unwrap();
+        }
+        true
     }
 }
 
@@ -479,6 +538,81 @@ mod child {
             faults: Arc::default(),
         };
         conformance::run(&double, "pkcs11 (EC P-256)").await;
+    }
+
+    #[tokio::test]
+    #[ignore = "run by softhsm_suite in a child process with SOFTHSM2_CONF"]
+    async fn drift_aes() {
+        let double = SoftHsmDouble {
+            token: "conformance",
+            key_type: KeyType::Aes256Gcm96,
+            purposes: &[Purpose::Encrypt, Purpose::Decrypt],
+            faults: Arc::default(),
+        };
+        conformance::run_drift(&double, "pkcs11 (AES)").await;
+    }
+
+    #[tokio::test]
+    #[ignore = "run by softhsm_suite in a child process with SOFTHSM2_CONF"]
+    async fn drift_ec() {
+        let double = SoftHsmDouble {
+            token: "conformance-ec",
+            key_type: KeyType::EcdsaP256,
+            purposes: &[Purpose::Sign, Purpose::Verify],
+            faults: Arc::default(),
+        };
+        conformance::run_drift(&double, "pkcs11 (EC P-256)").await;
+    }
+
+    /// RSA: the private key object's modulus shows too, so a private key
+    /// replaced behind an unchanged public key object is caught.
+    #[tokio::test]
+    #[ignore = "run by softhsm_suite in a child process with SOFTHSM2_CONF"]
+    async fn drift_rsa() {
+        let double = SoftHsmDouble {
+            token: "types",
+            key_type: KeyType::Rsa2048,
+            purposes: &[Purpose::Sign, Purpose::Decrypt],
+            faults: Arc::default(),
+        };
+        conformance::run_drift(&double, "pkcs11 (RSA-2048)").await;
+
+        // The private key replaced behind Vault's back, its public key
+        // object left as it was: the private key's modulus shows it.
+        let kms = provider("types", PIN, &Arc::default());
+        let target = double.target("swapped-1700000013");
+        let ours = KeyMaterial::generate(KeyType::Rsa2048).unwrap();
+        let id = import_one(&kms, &target, 1, &ours).await.unwrap();
+        let inspector = Inspector::open("types");
+        let spec = Spec::new(&target);
+        let private = inspector.find(&spec.find_template(ObjectClass::PRIVATE_KEY, 1));
+        inspector.session.destroy_object(private[0]).unwrap();
+        let theirs = KeyMaterial::generate(KeyType::Rsa2048).unwrap();
+        super::super::ImportJob {
+            spec: spec.clone(),
+            version: 1,
+            material: theirs.clone(),
+            enabled: true,
+            token: "types".into(),
+            touched: Arc::default(),
+            wrap_micros: Arc::default(),
+            oaep_sha1: Arc::default(),
+        }
+        .run(&super::super::client::Live(&inspector.session))
+        .unwrap();
+        let states = [crate::engine::provider::VersionState {
+            version: 1,
+            provider_id: &id,
+            enabled: true,
+            material: &ours,
+        }];
+        let live = kms.inspect(&target, &states).await.unwrap().unwrap();
+        assert_eq!(live.versions.len(), 1, "{live:?}");
+        assert_eq!(
+            live.versions[0].material,
+            crate::engine::provider::LiveMaterial::PublicKey(theirs.public_key_der().unwrap())
+        );
+        double.delete_outside(&target);
     }
 
     /// Login state is the process's: once logged in, `C_Login` answers
