@@ -11,7 +11,10 @@ through the server's `sys/raw`, not through the plugin).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from fakes.gcp_auth import new_service_account
-from fakes.gcp_kms import FakeCloudKms, GcpKmsFake
+from fakes.gcp_kms import DAY, FakeCloudKms, GcpKmsFake, _Version
 from harness import MOUNT, BaoServer, cli, http, install_plugin, kill_plugins, read_key, stored_material
 
 SERVERS: list[BaoServer] = []
@@ -185,10 +188,174 @@ def test_disabled_versions_are_imported_only_once_enabled(server: BaoServer, fak
     record = distribution(server, kms, key)
     assert record["versions"] == {"1": "not-imported", "2": "not-imported", "3": "1"}
     assert [v.id for v in crypto_key(fake, record).versions] == ["1"], "versions 1 and 2 never reached Google"
+    # Kept out of Google while disabled is where they should be.
+    state = status(server, kms, key)
+    assert state["in_sync"] and state["drift"] == [], state
+    assert state["versions"]["1"]["state"] == "NOT_IMPORTED" and state["versions"]["1"]["material"] == "absent"
     cli(server, "write", f"{MOUNT}/key/{key}", "min_enabled_version=1")
     record = check_versions(server, fake, kms, key)
     assert sorted(record["versions"].values()) == ["1", "2", "3"]
     assert {v.state for v in crypto_key(fake, record).versions} == {"ENABLED"}
+    cli(server, "delete", f"{MOUNT}/kms/{kms}/key/{key}")
+
+
+# -- drift: status and reconcile ------------------------------------------------------
+
+
+def status(server: BaoServer, kms: str, key: str) -> dict[str, Any]:
+    return json.loads(cli(server, "read", "-format=json", f"{MOUNT}/kms/{kms}/key/{key}/status").stdout)["data"]
+
+
+def reconcile(server: BaoServer, kms: str, key: str, *args: str) -> dict[str, Any]:
+    flags = () if args else ("-f",)
+    out = cli(server, "write", "-format=json", *flags, f"{MOUNT}/kms/{kms}/key/{key}/reconcile", *args)
+    return json.loads(out.stdout)["data"]
+
+
+def kinds(state: dict[str, Any]) -> dict[str, set[str]]:
+    """Drift kind -> the versions (or provider ids) it names."""
+    found: dict[str, set[str]] = {}
+    for d in state["drift"]:
+        found.setdefault(d["kind"], set()).add(str(d.get("version") or d.get("provider_id")))
+    return found
+
+
+@contextlib.contextmanager
+def tampered(fake: GcpKmsFake, record: dict[str, Any]) -> Iterator[Any]:
+    """The fake's own CryptoKey, changed directly (as in the console), not through its API."""
+    with fake._kms._lock:
+        yield fake._kms._key(f"{fake.key_collection}/cryptoKeys/{record['name']}")
+
+
+def states(fake: GcpKmsFake, record: dict[str, Any]) -> dict[str, str]:
+    return {v.id: v.state for v in crypto_key(fake, record).versions}
+
+
+def test_drift_of_an_asymmetric_key(server: BaoServer, fake: GcpKmsFake, key: str) -> None:
+    kms = f"gcp-{key}"
+    configure(server, fake, kms)
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=ecdsa-p256")
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    cli(server, "write", f"{MOUNT}/kms/{kms}/key/{key}", "purpose=sign")
+    record = distribution(server, kms, key)
+    state = status(server, kms, key)
+    assert state["in_sync"] and state["key_exists"] and state["drift"] == [], state
+    assert state["current_provider_id"] is None, "asymmetric keys have no primary"
+    read = read_key(server, key)
+    for n, held in record["versions"].items():
+        pem = next(v.public_key_pem for v in crypto_key(fake, record).versions if v.id == held)
+        independent = "sha256:" + hashlib.sha256(spki(pem)).hexdigest()
+        version = state["versions"][n]
+        assert version["provider_fingerprint"] == read["versions"][n]["fingerprint"] == independent, (n, version)
+        assert version["material"] == "matches" and version["state"] == "ENABLED", version
+
+    # Version 1 disabled and version 2 destroyed in the console.
+    with tampered(fake, record) as live:
+        live.version("1").state = "DISABLED"
+        two = live.version("2")
+        two.state, two.destroy_time = "DESTROY_SCHEDULED", fake._kms.clock.now() + live.destroy_duration
+    state = status(server, kms, key)
+    assert not state["in_sync"]
+    assert kinds(state) == {"disabled_when_enabled": {"1"}, "version_missing": {"2"}}, state["drift"]
+    assert state["versions"]["1"]["material"] == "unverifiable", state["versions"]["1"]
+    assert "enabled versions only" in state["versions"]["1"]["material_detail"]
+    assert state["versions"]["2"]["state"] == "DESTROY_SCHEDULED"
+    before = crypto_key(fake, record)
+    dry = reconcile(server, kms, key, "dry_run=true")
+    assert sorted(dry["actions"]) == ["enable version 1", "import version 2"], dry["actions"]
+    assert crypto_key(fake, record) == before, "a dry run changes nothing in Google"
+
+    # Reconciling enables version 1 and imports version 2 again as a new version.
+    done = reconcile(server, kms, key)
+    assert done["in_sync"], done["drift"]
+    record = check_versions(server, fake, kms, key)
+    assert record["versions"] == {"1": "1", "2": "3"}, record
+    assert states(fake, record) == {"1": "ENABLED", "2": "DESTROY_SCHEDULED", "3": "ENABLED"}
+    assert status(server, kms, key)["versions"]["2"]["provider_fingerprint"] == read["versions"]["2"]["fingerprint"]
+
+    # Enabled in the console below min_enabled_version: critical, disabled again.
+    cli(server, "write", f"{MOUNT}/key/{key}", "min_enabled_version=2")
+    assert states(fake, record)["1"] == "DISABLED"
+    with tampered(fake, record) as live:
+        live.version("1").state = "ENABLED"
+    state = status(server, kms, key)
+    assert kinds(state) == {"enabled_when_disabled": {"1"}}, state["drift"]
+    assert state["drift"][0]["severity"] == "critical"
+    assert reconcile(server, kms, key)["in_sync"]
+    assert states(fake, record) == {"1": "DISABLED", "2": "DESTROY_SCHEDULED", "3": "ENABLED"}
+    cli(server, "delete", f"{MOUNT}/kms/{kms}/key/{key}")
+
+
+def test_drift_of_a_symmetric_key(server: BaoServer, fake: GcpKmsFake, key: str) -> None:
+    kms = f"gcp-{key}"
+    configure(server, fake, kms)
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=aes256-gcm96")
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    cli(server, "write", f"{MOUNT}/kms/{kms}/key/{key}", "purpose=encrypt,decrypt")
+    record = distribution(server, kms, key)
+    state = status(server, kms, key)
+    assert state["in_sync"] and state["current_provider_id"] == "2", state
+    for version in state["versions"].values():
+        assert version["material"] == "unverifiable" and version["provider_fingerprint"] is None, version
+        assert "Cloud KMS does not expose" in version["material_detail"]
+
+    # Someone imports a version of their own and makes it the primary.
+    with tampered(fake, record) as live:
+        now = fake._kms.clock.now()
+        foreign = _Version("3", f"{live.name}/cryptoKeyVersions/3", live.algorithm, live.protection, now,
+                           "imported", "ENABLED", import_job=f"{fake.key_collection}/importJobs/operator",
+                           import_time=now, material=os.urandom(32))
+        live.versions.append(foreign)
+        live.primary = "3"
+    state = status(server, kms, key)
+    assert kinds(state) == {"foreign_current": {"3"}, "not_current": {"2"}}, state["drift"]
+    assert state["current_provider_id"] == "3" and state["foreign_versions"][0]["current"], state
+    dry = reconcile(server, kms, key, "dry_run=true")
+    assert dry["actions"] == ["make version 2 current"], dry["actions"]
+    assert crypto_key(fake, record).primary == "3", "a dry run changes nothing in Google"
+
+    # Reconciling makes ours the primary again; the foreign version stays usable...
+    done = reconcile(server, kms, key)
+    assert kinds(done) == {"foreign_version": {"3"}}, done["drift"]
+    assert crypto_key(fake, record).primary == "2"
+    assert states(fake, record)["3"] == "ENABLED"
+    # ... until disable_foreign=true disables it, without destroying it.
+    done = reconcile(server, kms, key, "disable_foreign=true")
+    assert done["actions"] == ["disable foreign version 3"], done["actions"]
+    assert done["in_sync"] and kinds(done) == {"foreign_disabled": {"3"}}, done["drift"]
+    assert states(fake, record) == {"1": "ENABLED", "2": "ENABLED", "3": "DISABLED"}
+    assert next(v for v in crypto_key(fake, record).versions if v.id == "3").material is not None
+    # A rotation imports a new version, never adopting the foreign one.
+    cli(server, "write", "-f", f"{MOUNT}/key/{key}/rotate")
+    record = distribution(server, kms, key)
+    assert record["versions"] == {"1": "1", "2": "2", "3": "4"} and crypto_key(fake, record).primary == "4"
+    assert states(fake, record) == {"1": "ENABLED", "2": "ENABLED", "3": "DISABLED", "4": "ENABLED"}
+    held = next(v for v in crypto_key(fake, record).versions if v.id == "4")
+    assert held.material == stored_material(server, key, 3)
+
+    # The CryptoKey gone from Google (another project, a ring re-created).
+    with fake._kms._lock:
+        del fake._kms._keys[f"{fake.key_collection}/cryptoKeys/{record['name']}"]
+    state = status(server, kms, key)
+    assert not state["key_exists"] and kinds(state) == {"key_missing": {"None"}}, state
+    bad = cli(server, "write", "-f", f"{MOUNT}/kms/{kms}/key/{key}/reconcile", check=False)
+    assert bad.returncode == 2 and "Code: 400" in bad.stderr and key in bad.stderr, bad.stderr
+    assert "deleted outside Vault" in bad.stderr, bad.stderr
+    cli(server, "delete", f"{MOUNT}/kms/{kms}/key/{key}")
+
+
+def test_a_key_whose_versions_are_all_destroyed_is_missing(server: BaoServer, fake: GcpKmsFake, key: str) -> None:
+    """Cloud KMS cannot delete a CryptoKey: destroying every version is how it is deleted."""
+    kms = f"gcp-{key}"
+    configure(server, fake, kms)
+    cli(server, "write", f"{MOUNT}/key/{key}", "type=ecdsa-p384")
+    cli(server, "write", f"{MOUNT}/kms/{kms}/key/{key}", "purpose=sign")
+    record = distribution(server, kms, key)
+    with tampered(fake, record) as live:
+        for version in live.versions:
+            version.state, version.destroy_time = "DESTROY_SCHEDULED", fake._kms.clock.now() + DAY
+    state = status(server, kms, key)
+    assert not state["key_exists"] and kinds(state) == {"key_missing": {"None"}}, state
     cli(server, "delete", f"{MOUNT}/kms/{kms}/key/{key}")
 
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use google_cloud_kms_v1::model::{
     CryptoKey, CryptoKeyVersion, ImportCryptoKeyVersionRequest, ImportJob,
-    ListCryptoKeyVersionsResponse, crypto_key_version::CryptoKeyVersionState,
+    ListCryptoKeyVersionsResponse, PublicKey, crypto_key_version::CryptoKeyVersionState,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -62,6 +62,8 @@ pub trait CloudKmsApi: Send + Sync {
     ) -> Result<CryptoKeyVersion, ApiError>;
     /// `POST v1/{name}:destroy`.
     async fn destroy_version(&self, name: &str) -> Result<CryptoKeyVersion, ApiError>;
+    /// `GET v1/{name}/publicKey` of an enabled asymmetric version.
+    async fn get_public_key(&self, name: &str) -> Result<PublicKey, ApiError>;
     /// `POST v1/{name}:updatePrimaryVersion`.
     async fn update_primary_version(
         &self,
@@ -324,6 +326,11 @@ impl CloudKmsApi for RestKms {
             Some(&NameOnly { name }),
         )
         .await
+    }
+
+    async fn get_public_key(&self, name: &str) -> Result<PublicKey, ApiError> {
+        self.send::<(), _>(Method::GET, &format!("{name}/publicKey"), &[], None)
+            .await
     }
 
     async fn update_primary_version(

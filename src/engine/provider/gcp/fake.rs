@@ -17,7 +17,7 @@ use google_cloud_kms_v1::model::crypto_key_version::{
 use google_cloud_kms_v1::model::import_job::{ImportJobState, WrappingPublicKey};
 use google_cloud_kms_v1::model::{
     CryptoKey, CryptoKeyVersion, ImportCryptoKeyVersionRequest, ImportJob,
-    ListCryptoKeyVersionsResponse,
+    ListCryptoKeyVersionsResponse, PublicKey,
 };
 use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::{Oaep, RsaPrivateKey};
@@ -48,6 +48,8 @@ pub struct FakeVersion {
     pub algorithm: Algorithm,
     /// The unwrapped material (canonical form).
     pub material: Option<Vec<u8>>,
+    /// The import job that brought the material in.
+    pub import_job: String,
     /// Lists seen while PENDING_IMPORT: the first list shows it pending.
     polls: u32,
 }
@@ -130,6 +132,42 @@ impl FakeCloudKms {
         self.inner.lock().unwrap().keys.get(key)?.primary.clone()
     }
 
+    /// Changes a version's state directly, as someone in the console would.
+    pub fn set_state_outside(&self, key: &str, id: &str, state: State) {
+        if let Some(v) = self
+            .inner
+            .lock()
+            .unwrap()
+            .keys
+            .get_mut(key)
+            .and_then(|k| k.versions.iter_mut().find(|v| v.id == id))
+        {
+            v.state = state;
+        }
+    }
+
+    /// Imports `material` as a new enabled version through an import job
+    /// of someone else's, and makes it primary where the key has one, as
+    /// an operator with the console would. Returns its id.
+    pub fn add_foreign(&self, key: &str, material: &KeyMaterial) -> String {
+        let mut inner = self.inner.lock().unwrap();
+        let k = inner.keys.get_mut(key).expect("the key exists");
+        let id = (k.versions.len() + 1).to_string();
+        let algorithm = k.key.version_template.clone().unwrap_or_default().algorithm;
+        k.versions.push(FakeVersion {
+            id: id.clone(),
+            state: State::Enabled,
+            algorithm,
+            material: Some(material.as_bytes().to_vec()),
+            import_job: format!("{RING}/importJobs/operator-job"),
+            polls: 0,
+        });
+        if k.key.purpose == CryptoKeyPurpose::EncryptDecrypt {
+            k.primary = Some(id.clone());
+        }
+        id
+    }
+
     /// Destroys every version, as someone in the console would.
     pub fn destroy_outside(&self, key: &str) {
         if let Some(k) = self.inner.lock().unwrap().keys.get_mut(key) {
@@ -172,6 +210,17 @@ impl FakeCloudKms {
             .set_name(format!("{key}/cryptoKeyVersions/{}", v.id))
             .set_state(v.state.clone())
             .set_algorithm(v.algorithm.clone())
+            .set_import_job(v.import_job.clone())
+    }
+
+    /// The CryptoKey with its primary version, as Google answers it.
+    fn key_model(name: &str, key: &FakeKey) -> CryptoKey {
+        let primary = key
+            .primary
+            .as_ref()
+            .and_then(|id| key.versions.iter().find(|v| &v.id == id))
+            .map(|v| Self::version_model(name, v));
+        key.key.clone().set_or_clear_primary(primary)
     }
 
     fn unwrap(wrapped: &[u8], key_type: KeyType) -> Result<Vec<u8>, String> {
@@ -240,7 +289,7 @@ impl CloudKmsApi for FakeCloudKms {
             .unwrap()
             .keys
             .get(name)
-            .map(|k| k.key.clone())
+            .map(|k| Self::key_model(name, k))
             .ok_or_else(|| not_found(name));
         Self::end(lost, result)
     }
@@ -340,6 +389,7 @@ impl CloudKmsApi for FakeCloudKms {
                             },
                             algorithm: request.algorithm.clone(),
                             material,
+                            import_job: request.import_job.clone(),
                             polls: 0,
                         };
                         let model = Self::version_model(&request.parent, &version);
@@ -454,6 +504,42 @@ impl CloudKmsApi for FakeCloudKms {
         Self::end(lost, result)
     }
 
+    async fn get_public_key(&self, name: &str) -> Result<PublicKey, ApiError> {
+        let lost = self.begin(Call::GetPublicKey)?;
+        let result = {
+            let inner = self.inner.lock().unwrap();
+            let (key_name, id) = name
+                .rsplit_once("/cryptoKeyVersions/")
+                .unwrap_or((name, ""));
+            let key = inner.keys.get(key_name);
+            match key.and_then(|k| k.versions.iter().find(|v| v.id == id).map(|v| (k, v))) {
+                None => Err(not_found(name)),
+                Some((k, _)) if k.key.purpose == CryptoKeyPurpose::EncryptDecrypt => Err(err(
+                    ErrorClass::InvalidState,
+                    "FAILED_PRECONDITION",
+                    "GetPublicKey needs an asymmetric key",
+                )),
+                Some((_, v)) if v.state != State::Enabled => Err(err(
+                    ErrorClass::InvalidState,
+                    "FAILED_PRECONDITION",
+                    &format!("{name} is not enabled"),
+                )),
+                Some((_, v)) => {
+                    let pem = key_type_of(&v.algorithm)
+                        .zip(v.material.clone())
+                        .and_then(|(t, m)| KeyMaterial::from_bytes(t, Zeroizing::new(m)).ok())
+                        .and_then(|m| m.public_key_pem())
+                        .unwrap_or_default();
+                    Ok(PublicKey::new()
+                        .set_name(name)
+                        .set_algorithm(v.algorithm.clone())
+                        .set_pem(pem))
+                }
+            }
+        };
+        Self::end(lost, result)
+    }
+
     async fn update_primary_version(
         &self,
         name: &str,
@@ -483,7 +569,7 @@ impl CloudKmsApi for FakeCloudKms {
                 }
                 Some(key) => {
                     key.primary = Some(version_id.to_owned());
-                    Ok(key.key.clone())
+                    Ok(Self::key_model(name, key))
                 }
             }
         };
@@ -621,6 +707,41 @@ impl crate::engine::provider::conformance::Double for GcpDouble {
 
     fn delete_outside(&self, target: &crate::engine::provider::Target) {
         self.fake.destroy_outside(&Self::key_name(target));
+    }
+}
+
+impl crate::engine::provider::conformance::Tamper for GcpDouble {
+    fn set_enabled_outside(
+        &self,
+        target: &crate::engine::provider::Target,
+        provider_id: &str,
+        enabled: bool,
+    ) {
+        let state = if enabled {
+            State::Enabled
+        } else {
+            State::Disabled
+        };
+        self.fake
+            .set_state_outside(&Self::key_name(target), provider_id, state);
+    }
+
+    fn add_foreign(
+        &self,
+        target: &crate::engine::provider::Target,
+        material: &KeyMaterial,
+    ) -> String {
+        self.fake.add_foreign(&Self::key_name(target), material)
+    }
+
+    /// Destroys one version (scheduled for destruction, as Google does).
+    fn doom_outside(&self, target: &crate::engine::provider::Target, provider_id: &str) -> bool {
+        self.fake.set_state_outside(
+            &Self::key_name(target),
+            provider_id,
+            State::DestroyScheduled,
+        );
+        true
     }
 }
 

@@ -48,8 +48,8 @@ use super::client::timing::{self, api_time, wrap_time};
 use super::client::{ApiError, ErrorClass, process_env};
 use super::registry::{Credential, Descriptor};
 use super::{
-    ImportRequest, ImportSession, KmsProvider, NewId, Protection, ProviderConfig, ProviderError,
-    Purpose, Target, VersionState,
+    ImportRequest, ImportSession, KmsProvider, LiveKey, LiveMaterial, LiveVersion, NewId,
+    Protection, ProviderConfig, ProviderError, Purpose, Target, VersionState,
 };
 use crate::engine::key_type::KeyType;
 use crate::engine::material::KeyMaterial;
@@ -60,6 +60,9 @@ use config::Settings;
 
 /// The recorded id of a version not imported while it is disabled.
 pub const NOT_IMPORTED: &str = "not-imported";
+
+/// How the ids of the import jobs this provider creates begin.
+const JOB_PREFIX: &str = "keymgmt-";
 
 /// The CryptoKey label holding the distribution id.
 pub const LABEL_DISTRIBUTION_ID: &str = "keymgmt-distribution-id";
@@ -225,6 +228,7 @@ pub enum Call {
     UpdateVersion,
     DestroyVersion,
     UpdatePrimary,
+    GetPublicKey,
 }
 
 impl Call {
@@ -239,6 +243,7 @@ impl Call {
             Self::UpdateVersion => "cryptoKeyVersions.patch",
             Self::DestroyVersion => "cryptoKeyVersions.destroy",
             Self::UpdatePrimary => "cryptoKeys.updatePrimaryVersion",
+            Self::GetPublicKey => "cryptoKeyVersions.getPublicKey",
         }
     }
 
@@ -254,6 +259,7 @@ impl Call {
             Self::UpdateVersion => "cloudkms.cryptoKeyVersions.update",
             Self::DestroyVersion => "cloudkms.cryptoKeyVersions.destroy",
             Self::UpdatePrimary => "cloudkms.cryptoKeys.update",
+            Self::GetPublicKey => "cloudkms.cryptoKeyVersions.viewPublicKey",
         }
     }
 }
@@ -421,7 +427,7 @@ impl GcpKms {
         {
             return Ok(job.clone());
         }
-        let id = format!("keymgmt-{}", random_hex(8));
+        let id = format!("{JOB_PREFIX}{}", random_hex(8));
         let request = ImportJob::new()
             .set_import_method(ImportMethod::RsaOaep4096Sha256Aes256)
             .set_protection_level(level);
@@ -519,7 +525,10 @@ impl GcpKms {
     }
 
     /// The version an interrupted attempt imported: one Vault has not
-    /// recorded.
+    /// recorded, still alive (never a destroyed or scheduled one: a lost
+    /// version is imported again as a new one), and imported through one
+    /// of this provider's import jobs, so that a version someone else
+    /// imported is never adopted (and enabled) as Vault's.
     async fn unrecorded(
         &self,
         key: &str,
@@ -529,8 +538,10 @@ impl GcpKms {
             .versions(key)
             .await
             .map_err(|e| self.failed(Call::ListVersions, &e))?;
+        let ours = format!("{}/importJobs/{JOB_PREFIX}", self.ring);
         Ok(versions.into_iter().find(|v| {
             !recorded.iter().any(|r| r == last_segment(&v.name))
+                && (v.import_job.is_empty() || v.import_job.starts_with(&ours))
                 && matches!(
                     v.state,
                     CryptoKeyVersionState::Enabled
@@ -594,6 +605,59 @@ impl GcpKms {
         ))
     }
 
+    /// What a version shows of its material: the public key of enabled
+    /// asymmetric versions, nothing of symmetric ones.
+    async fn live_material(
+        &self,
+        symmetric: bool,
+        version: &CryptoKeyVersion,
+    ) -> Result<LiveMaterial, ProviderError> {
+        use CryptoKeyVersionState as S;
+        if matches!(
+            version.state,
+            S::Destroyed | S::ImportFailed | S::GenerationFailed
+        ) {
+            return Ok(LiveMaterial::Absent);
+        }
+        if symmetric {
+            return Ok(LiveMaterial::Unverifiable(
+                "Cloud KMS does not expose the material of a symmetric version, nor a check value of it"
+                    .into(),
+            ));
+        }
+        let unreadable = || {
+            LiveMaterial::Unverifiable(format!(
+                "Cloud KMS shows the public key of enabled versions only, and this one is {}",
+                state_name(&version.state)
+            ))
+        };
+        if version.state != S::Enabled {
+            return Ok(unreadable());
+        }
+        let name = version.name.as_str();
+        match self
+            .call(Call::GetPublicKey, |_| self.api.get_public_key(name))
+            .await
+        {
+            Ok(public) if !public.name.is_empty() && public.name != name => {
+                Err(ProviderError::Unavailable(format!(
+                    "Google Cloud KMS answered the public key of {} for {name}",
+                    public.name
+                )))
+            }
+            Ok(public) => spki_der_from_pem(&public.pem)
+                .map(LiveMaterial::PublicKey)
+                .map_err(|e| {
+                    ProviderError::Unavailable(format!(
+                        "Google Cloud KMS returned an unreadable public key for {name}: {e}"
+                    ))
+                }),
+            // Disabled (or destroyed) since it was listed.
+            Err(e) if e.class == ErrorClass::InvalidState => Ok(unreadable()),
+            Err(e) => Err(self.failed(Call::GetPublicKey, &e)),
+        }
+    }
+
     async fn set_state(&self, name: &str, enabled: bool) -> Result<(), ProviderError> {
         let state = if enabled {
             CryptoKeyVersionState::Enabled
@@ -607,6 +671,60 @@ impl GcpKms {
         .map(|_| ())
         .map_err(|e| self.failed(Call::UpdateVersion, &e))
     }
+}
+
+/// Destroyed, or on its way to be: such a version counts as lost.
+fn doomed(state: &CryptoKeyVersionState) -> bool {
+    use CryptoKeyVersionState as S;
+    matches!(
+        state,
+        S::DestroyScheduled
+            | S::Destroyed
+            | S::PendingExternalDestruction
+            | S::ExternalDestructionFailed
+    )
+}
+
+/// A version state as Google spells it (`DESTROY_SCHEDULED`).
+fn state_name(state: &CryptoKeyVersionState) -> String {
+    state.name().map_or_else(
+        || format!("STATE_{}", state.value().unwrap_or_default()),
+        str::to_owned,
+    )
+}
+
+/// The DER SubjectPublicKeyInfo inside a PEM `PUBLIC KEY`, as
+/// `getPublicKey` returns it: checked to be one RSA or EC SPKI, in DER
+/// (so its SHA-256 is Vault's fingerprint of the same key).
+pub fn spki_der_from_pem(pem: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    use rsa::pkcs8::der::{Decode, Encode};
+    use rsa::pkcs8::spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    const RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+    const EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+    let start = pem.find(BEGIN).ok_or("no PEM PUBLIC KEY block")? + BEGIN.len();
+    let len = pem[start..].find(END).ok_or("no PEM PUBLIC KEY end")?;
+    let body: String = pem[start..start + len]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| format!("the PEM body is not base64: {e}"))?;
+    let spki = SubjectPublicKeyInfoRef::from_der(&der)
+        .map_err(|e| format!("not a DER SubjectPublicKeyInfo: {e}"))?;
+    if spki.algorithm.oid != RSA && spki.algorithm.oid != EC {
+        return Err(format!("a public key of algorithm {}", spki.algorithm.oid));
+    }
+    let canonical = spki
+        .to_der()
+        .map_err(|e| format!("re-encoding the SubjectPublicKeyInfo: {e}"))?;
+    if canonical != der {
+        return Err("the SubjectPublicKeyInfo is not in DER".into());
+    }
+    Ok(canonical)
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -773,6 +891,109 @@ impl KmsProvider for GcpKms {
         Ok(new_ids)
     }
 
+    /// Every version of the CryptoKey, with its state and, for enabled
+    /// asymmetric versions, its public key; the primary version of a
+    /// symmetric key. Versions carry no labels: a version's Vault number
+    /// comes from Vault's record alone. A CryptoKey cannot be deleted, so
+    /// one whose versions are all destroyed or scheduled for destruction
+    /// counts as deleted, as does one that is not there (another ring).
+    async fn inspect(
+        &self,
+        target: &Target,
+        versions: &[VersionState<'_>],
+    ) -> Result<Option<LiveKey>, ProviderError> {
+        let name = self.key_name(target);
+        let key = match self
+            .call(Call::GetCryptoKey, |_| self.api.get_crypto_key(&name))
+            .await
+        {
+            Ok(key) => key,
+            Err(e) if e.class == ErrorClass::NotFound => return Ok(None),
+            Err(e) => return Err(self.failed(Call::GetCryptoKey, &e)),
+        };
+        let listed = match self.versions(&name).await {
+            Ok(listed) => listed,
+            Err(e) if e.class == ErrorClass::NotFound => return Ok(None),
+            Err(e) => return Err(self.failed(Call::ListVersions, &e)),
+        };
+        if !listed.is_empty() && listed.iter().all(|v| doomed(&v.state)) {
+            return Ok(None);
+        }
+        let symmetric = key.purpose == CryptoKeyPurpose::EncryptDecrypt;
+        let materials = futures_util::future::try_join_all(
+            listed.iter().map(|v| self.live_material(symmetric, v)),
+        )
+        .await?;
+        let mut live: Vec<LiveVersion> = listed
+            .iter()
+            .zip(materials)
+            .map(|(version, material)| {
+                let id = last_segment(&version.name);
+                LiveVersion {
+                    provider_id: id.to_owned(),
+                    vault_version: versions
+                        .iter()
+                        .find(|v| v.provider_id == id)
+                        .map(|v| v.version),
+                    enabled: version.state == CryptoKeyVersionState::Enabled,
+                    doomed: doomed(&version.state),
+                    state: state_name(&version.state),
+                    material,
+                }
+            })
+            .collect();
+        // Versions kept out of Google while disabled are where they should
+        // be: not usable, holding nothing.
+        live.extend(
+            versions
+                .iter()
+                .filter(|v| v.provider_id == NOT_IMPORTED)
+                .map(|v| LiveVersion {
+                    provider_id: NOT_IMPORTED.to_owned(),
+                    vault_version: Some(v.version),
+                    enabled: false,
+                    doomed: false,
+                    state: "NOT_IMPORTED".to_owned(),
+                    material: LiveMaterial::Absent,
+                }),
+        );
+        let current = key
+            .primary
+            .as_ref()
+            .map(|p| last_segment(&p.name).to_owned())
+            .filter(|id| symmetric && !id.is_empty());
+        Ok(Some(LiveKey {
+            versions: live,
+            has_current: symmetric,
+            current,
+        }))
+    }
+
+    /// Disables the versions (`PATCH ...?updateMask=state`); never
+    /// destroys them.
+    async fn disable_foreign(
+        &self,
+        target: &Target,
+        provider_ids: &[String],
+    ) -> Result<(), ProviderError> {
+        let key = self.key_name(target);
+        for id in provider_ids.iter().filter(|id| id.as_str() != NOT_IMPORTED) {
+            let name = format!("{key}/cryptoKeyVersions/{id}");
+            match self
+                .call(Call::UpdateVersion, |_| {
+                    self.api
+                        .set_version_state(&name, CryptoKeyVersionState::Disabled)
+                })
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.class == ErrorClass::NotFound => {}
+                Err(e) => return Err(self.failed(Call::UpdateVersion, &e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Destroys every version of the CryptoKey, recorded or not.
     async fn remove(
         &self,
@@ -819,6 +1040,132 @@ mod tests {
             let double = fake::GcpDouble::new(protection);
             super::super::conformance::run(&double, protection.as_str()).await;
         }
+    }
+
+    #[tokio::test]
+    async fn passes_the_drift_contract() {
+        for protection in [Protection::Hsm, Protection::Software] {
+            let double = fake::GcpDouble::new(protection);
+            super::super::conformance::run_drift(&double, protection.as_str()).await;
+        }
+    }
+
+    /// A resumed import adopts only a version of its own import jobs,
+    /// never a destroyed one nor one someone else imported (which it would
+    /// enable); versions kept out of Google read as disabled and absent.
+    #[tokio::test]
+    async fn recovery_never_adopts_foreign_or_destroyed_versions() {
+        use crate::engine::provider::conformance::{Double, Tamper};
+        let double = fake::GcpDouble::new(Protection::Hsm);
+        let provider = double.provider();
+        let target = double.target("adopt-1700000001");
+        let m: Vec<KeyMaterial> = (0..3)
+            .map(|_| KeyMaterial::generate(target.key_type).unwrap())
+            .collect();
+        let import = |v: u32, enabled: bool, resume: bool, recorded: Vec<String>| {
+            let (provider, target, m) = (&provider, &target, &m);
+            async move {
+                let session = provider.begin_import(target);
+                let id = session
+                    .import(ImportRequest {
+                        version: v,
+                        material: &m[v as usize - 1],
+                        enabled,
+                        resume,
+                        recorded: &recorded,
+                    })
+                    .await;
+                session.finish().await;
+                id.unwrap()
+            }
+        };
+        let one = import(1, false, false, vec![]).await;
+        assert_eq!(one, NOT_IMPORTED);
+        let two = import(2, true, false, vec![]).await;
+        fn states<'a>(
+            ids: &'a [(u32, String)],
+            m: &'a [KeyMaterial],
+            enabled_from: u32,
+        ) -> Vec<VersionState<'a>> {
+            ids.iter()
+                .map(|(v, id)| VersionState {
+                    version: *v,
+                    provider_id: id,
+                    enabled: *v >= enabled_from,
+                    material: &m[*v as usize - 1],
+                })
+                .collect()
+        }
+        let recorded = vec![(1, one.clone()), (2, two.clone())];
+        let live = provider
+            .inspect(&target, &states(&recorded, &m, 2))
+            .await
+            .unwrap()
+            .unwrap();
+        let kept_out = live
+            .versions
+            .iter()
+            .find(|l| l.vault_version == Some(1))
+            .unwrap();
+        assert_eq!(kept_out.provider_id, NOT_IMPORTED);
+        assert!(!kept_out.enabled && !kept_out.doomed);
+        assert_eq!(kept_out.material, LiveMaterial::Absent);
+
+        // Someone imports a version and it is disabled (disable_foreign):
+        // enabling version 1 imports it anew instead of adopting that one.
+        let foreign = double.add_foreign(&target, &m[2]);
+        provider
+            .disable_foreign(&target, std::slice::from_ref(&foreign))
+            .await
+            .unwrap();
+        let new_ids = provider
+            .set_enabled(&target, &states(&recorded, &m, 1))
+            .await
+            .unwrap();
+        assert_eq!(new_ids.len(), 1);
+        assert_ne!(new_ids[0].provider_id, foreign);
+        let key = format!("{}/cryptoKeys/{}", fake::RING, target.name);
+        let held = double.fake.versions(&key);
+        let by_id = |id: &str| held.iter().find(|v| v.id == id).unwrap().clone();
+        assert_eq!(by_id(&foreign).state, CryptoKeyVersionState::Disabled);
+        assert_eq!(
+            by_id(&new_ids[0].provider_id).material.as_deref(),
+            Some(m[0].as_bytes())
+        );
+
+        // Version 2 destroyed outside Vault: its repeat makes a new version.
+        double.doom_outside(&target, &two);
+        let again = import(2, true, true, vec![new_ids[0].provider_id.clone()]).await;
+        assert_ne!(again, two);
+        assert_ne!(again, foreign);
+        assert_eq!(
+            double.fake.versions(&key).len(),
+            4,
+            "a new version, not a reused one"
+        );
+    }
+
+    #[test]
+    fn public_keys_are_read_as_der_spki() {
+        for t in [KeyType::Rsa2048, KeyType::EcdsaP384] {
+            let m = crate::engine::material::test_support::sample(t);
+            let pem = m.public_key_pem().unwrap();
+            assert_eq!(
+                spki_der_from_pem(&pem).unwrap(),
+                m.public_key_der().unwrap()
+            );
+            let crlf = pem.replace('\n', "\r\n");
+            assert_eq!(
+                spki_der_from_pem(&crlf).unwrap(),
+                m.public_key_der().unwrap()
+            );
+        }
+        assert!(spki_der_from_pem("nothing").is_err());
+        assert!(
+            spki_der_from_pem("-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----").is_err()
+        );
+        let not_spki = "-----BEGIN PUBLIC KEY-----\nMAA=\n-----END PUBLIC KEY-----\n";
+        assert!(spki_der_from_pem(not_spki).is_err());
     }
 
     #[test]
