@@ -30,6 +30,7 @@ from pathlib import Path
 
 import requests
 
+from benchlib import imports_in_log, log, timed_post
 from harness import MOUNT, BaoServer, cli, install_plugin, kill_plugins
 from localstack import LocalStack
 
@@ -40,16 +41,6 @@ TYPES = {
     "ecdsa-p256": "sign,verify",
 }
 LINE = re.compile(r"aws kms: imported version .*?(?=\n|$)")
-FIELD = re.compile(r"\b(key|api_us|wrap_us|total_us)=(\S+)")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def imports_in_log(server: BaoServer, names: list[str]) -> list[dict[str, str]]:
-    found = [dict(FIELD.findall(line)) for line in LINE.findall(server.log_text())]
-    return [i for i in found if any(i.get("key", "").startswith(n + "-") for n in names)]
 
 
 def main() -> int:
@@ -76,12 +67,7 @@ def main() -> int:
         base = f"{server.addr}/v1/{MOUNT}"
 
         def distribute(name: str, purpose: str) -> float:
-            t0 = time.perf_counter()
-            r = s.post(f"{base}/kms/bench/key/{name}", json={"purpose": purpose}, timeout=600)
-            elapsed = time.perf_counter() - t0
-            if r.status_code not in (200, 204):
-                raise RuntimeError(f"distribute {name}: {r.status_code} {r.text[:300]}")
-            return elapsed
+            return timed_post(s, f"{base}/kms/bench/key/{name}", {"purpose": purpose})
 
         cli(server, "write", f"{MOUNT}/key/warmup", "type=aes256-gcm96")
         distribute("warmup", "encrypt,decrypt")
@@ -101,8 +87,8 @@ def main() -> int:
             log(f"{key_type}: one version p50 {statistics.median(singles) * 1000:.0f} ms; "
                 f"{args.versions} versions in {many_wall * 1000:.0f} ms")
             time.sleep(0.3)  # the plugin's log lines reach the server log
-            ones = imports_in_log(server, names)
-            lots = imports_in_log(server, [many])
+            ones = imports_in_log(server, LINE, names)
+            lots = imports_in_log(server, LINE, [many])
             if len(ones) != args.keys or len(lots) != args.versions:
                 raise RuntimeError(f"import log lines: {len(ones)}/{args.keys}, {len(lots)}/{args.versions}")
             api_many = sum(int(i["api_us"]) for i in lots) / 1e6

@@ -31,15 +31,12 @@ from pathlib import Path
 import requests
 
 from fakes import FakeKeyVault
+from benchlib import log, timed_post
 from harness import MOUNT, BaoServer, cli, install_plugin, kill_plugins
 
 SIZES = ["rsa-2048", "rsa-3072", "rsa-4096"]
 LINE = re.compile(r"azure key vault: imported version .*?(?=\n|$)")
 FIELD = re.compile(r"\b(key|wrap_us|total_us|protection)=(\S+)")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def imports_in_log(server: BaoServer) -> list[dict[str, str]]:
@@ -88,12 +85,8 @@ def main() -> int:
                         cli(server, "write", f"{MOUNT}/key/{name}", f"type={size}")
                         for _ in range(args.versions - 1):
                             cli(server, "write", "-f", f"{MOUNT}/key/{name}/rotate")
-                        t0 = time.perf_counter()
-                        r = s.post(f"{base}/kms/bench/key/{name}",
-                                   json={"purpose": "encrypt,decrypt", "protection": protection}, timeout=600)
-                        elapsed = time.perf_counter() - t0
-                        if r.status_code not in (200, 204):
-                            raise RuntimeError(f"distribute {name}: {r.status_code} {r.text[:300]}")
+                        elapsed = timed_post(s, f"{base}/kms/bench/key/{name}",
+                                             {"purpose": "encrypt,decrypt", "protection": protection})
                         per_version.append(elapsed / args.versions)
                         names.append(name)
                         log(f"{name}: {args.versions} versions in {elapsed * 1000:.0f} ms")

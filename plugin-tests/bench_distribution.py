@@ -32,14 +32,11 @@ import requests
 from fakes.aws_fault_proxy import AwsFaultProxy
 from fakes.azure_keyvault import FakeKeyVault
 from fakes.gcp_kms import FakeCloudKms
+from benchlib import log, timed_post
 from harness import MOUNT, BaoServer, cli, install_plugin, kill_plugins
 from localstack import LocalStack
 
 KEY_TYPE = "ecdsa-p256"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def main() -> int:
@@ -96,13 +93,8 @@ def main() -> int:
 
                 def distribute(name: str, kms: str = kms, protection: str = protection,
                                purpose: str = purpose) -> float:
-                    t0 = time.perf_counter()
-                    r = s.post(f"{base}/kms/{kms}/key/{name}", json={"purpose": purpose, "protection": protection},
-                               timeout=900)
-                    elapsed = time.perf_counter() - t0
-                    if r.status_code not in (200, 204):
-                        raise RuntimeError(f"{provider}: distribute {name}: {r.status_code} {r.text[:300]}")
-                    return elapsed
+                    return timed_post(s, f"{base}/kms/{kms}/key/{name}",
+                                      {"purpose": purpose, "protection": protection}, timeout=900)
 
                 def new_key(name: str, versions: int, server: BaoServer = server) -> None:
                     cli(server, "write", f"{MOUNT}/key/{name}", f"type={KEY_TYPE}")

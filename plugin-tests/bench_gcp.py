@@ -31,6 +31,7 @@ from pathlib import Path
 import requests
 
 from fakes.gcp_kms import FakeCloudKms
+from benchlib import imports_in_log, log, timed_post
 from harness import MOUNT, BaoServer, cli, install_plugin, kill_plugins
 
 TYPES = {
@@ -40,16 +41,6 @@ TYPES = {
     "ecdsa-p256": "sign",
 }
 LINE = re.compile(r"cloud kms: imported version .*?(?=\n|$)")
-FIELD = re.compile(r"\b(key|api_us|wrap_us|total_us)=(\S+)")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def imports_in_log(server: BaoServer, names: list[str]) -> list[dict[str, str]]:
-    found = [dict(FIELD.findall(line)) for line in LINE.findall(server.log_text())]
-    return [i for i in found if any(i.get("key", "").startswith(n + "-") for n in names)]
 
 
 def main() -> int:
@@ -74,13 +65,7 @@ def main() -> int:
             base = f"{server.addr}/v1/{MOUNT}"
 
             def distribute(name: str, purpose: str, protection: str) -> float:
-                t0 = time.perf_counter()
-                r = s.post(f"{base}/kms/bench/key/{name}", json={"purpose": purpose, "protection": protection},
-                           timeout=600)
-                elapsed = time.perf_counter() - t0
-                if r.status_code not in (200, 204):
-                    raise RuntimeError(f"distribute {name}: {r.status_code} {r.text[:300]}")
-                return elapsed
+                return timed_post(s, f"{base}/kms/bench/key/{name}", {"purpose": purpose, "protection": protection})
 
             for protection in ("hsm", "software"):
                 cli(server, "write", f"{MOUNT}/key/warmup-{protection}", "type=aes256-gcm96")
@@ -98,8 +83,8 @@ def main() -> int:
                         cli(server, "write", "-f", f"{MOUNT}/key/{many}/rotate")
                     wall = distribute(many, purpose, protection)
                     time.sleep(0.3)
-                    lots = imports_in_log(server, [many])
-                    if len(lots) != args.versions or len(imports_in_log(server, names)) != args.keys:
+                    lots = imports_in_log(server, LINE, [many])
+                    if len(lots) != args.versions or len(imports_in_log(server, LINE, names)) != args.keys:
                         raise RuntimeError("missing import log lines")
                     api = sum(int(i["api_us"]) for i in lots) / 1e6
                     wrap = sum(int(i["wrap_us"]) for i in lots) / 1e6

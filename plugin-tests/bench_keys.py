@@ -19,6 +19,7 @@ from pathlib import Path
 
 import requests
 
+from benchlib import timed_post
 from harness import MOUNT, BaoServer, cli, install_plugin, kill_plugins
 
 TYPES = ["aes256-gcm96", "rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521"]
@@ -40,15 +41,6 @@ def session(server: BaoServer) -> requests.Session:
     s.trust_env = False  # no proxies: 127.0.0.1 only
     s.headers["X-Vault-Token"] = server.token
     return s
-
-
-def timed_post(s: requests.Session, url: str, body: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    resp = s.post(url, json=body, timeout=300)
-    elapsed = time.perf_counter() - t0
-    if resp.status_code not in (200, 204):
-        raise RuntimeError(f"POST {url} -> {resp.status_code}: {resp.text[:300]}")
-    return elapsed
 
 
 def bench_creation(server: BaoServer, counts: dict[str, int], warmup: int) -> dict[str, dict[str, list[float]]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import requests
 
+from benchlib import imports_in_log, log, timed_post
 from harness import MOUNT, BaoServer, cli, install_plugin, kill_plugins
 from softhsm import SoftHsmToken
 
@@ -42,16 +43,6 @@ TYPES = {
     "ecdsa-p521": "sign,verify",
 }
 LINE = re.compile(r"pkcs11: imported version .*?(?=\n|$)")
-FIELD = re.compile(r"\b(key|token_us|wrap_us|total_us)=(\S+)")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def imports_in_log(server: BaoServer, names: list[str]) -> list[dict[str, str]]:
-    found = [dict(FIELD.findall(line)) for line in LINE.findall(server.log_text())]
-    return [i for i in found if any(i.get("key", "").strip('"').startswith(n + "-") for n in names)]
 
 
 def main() -> int:
@@ -73,12 +64,7 @@ def main() -> int:
         base = f"{server.addr}/v1/{MOUNT}"
 
         def distribute(name: str, purpose: str) -> float:
-            t0 = time.perf_counter()
-            r = s.post(f"{base}/kms/bench/key/{name}", json={"purpose": purpose, "protection": "hsm"}, timeout=600)
-            elapsed = time.perf_counter() - t0
-            if r.status_code not in (200, 204):
-                raise RuntimeError(f"distribute {name}: {r.status_code} {r.text[:300]}")
-            return elapsed
+            return timed_post(s, f"{base}/kms/bench/key/{name}", {"purpose": purpose, "protection": "hsm"})
 
         cli(server, "write", f"{MOUNT}/key/warmup", "type=aes256-gcm96")
         distribute("warmup", "encrypt,decrypt")  # module load, login, OAEP hash probe
@@ -95,8 +81,8 @@ def main() -> int:
                 cli(server, "write", "-f", f"{MOUNT}/key/{many}/rotate")
             wall = distribute(many, purpose)
             time.sleep(0.3)
-            lots = imports_in_log(server, [many])
-            if len(lots) != args.versions or len(imports_in_log(server, names)) != args.keys:
+            lots = imports_in_log(server, LINE, [many])
+            if len(lots) != args.versions or len(imports_in_log(server, LINE, names)) != args.keys:
                 raise RuntimeError("missing import log lines (KEYMGMT_LOG_LEVEL must be info or lower)")
             token = sum(int(i["token_us"]) for i in lots) / 1e6
             wrap = sum(int(i["wrap_us"]) for i in lots) / 1e6
