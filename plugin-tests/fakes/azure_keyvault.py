@@ -120,14 +120,17 @@ class AzureError(Exception):
 
     def __init__(
         self, status: int, code: str, message: str, source: str | None = None,
-        operation: Operation | None = None,
+        operation: Operation | None = None, inner: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.source = status, code, message, source
-        self.operation = operation
+        self.operation, self.inner = operation, inner
 
     def response(self) -> Response:
-        return Response(self.status, {"error": {"code": self.code, "message": self.message}})
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.inner is not None:
+            error["innererror"] = {"code": self.inner}
+        return Response(self.status, {"error": error})
 
 
 def _bad(message: str) -> AzureError:
@@ -484,6 +487,11 @@ class _Vault:
     def _get_key(self, call: _Call) -> Response:
         with self._lock:
             version = self._version(call.name, call.request.path_params["key-version"])
+            if not version.enabled:
+                # Key Vault shows nothing of a disabled version, whatever the
+                # caller's permissions; PATCH, list and delete still work.
+                raise AzureError(403, "Forbidden", "Operation get is not allowed on a disabled key.",
+                                 inner="KeyDisabled")
             return Response(200, self._bundle(call.base, version))
 
     def _update_key(self, call: _Call) -> Response:
