@@ -584,6 +584,37 @@ class _Vault:
                 raise ValueError(f"{name} is a live key")
             self._deleted[name.lower()] = _Key(name, [version], deleted_date=now)
 
+    def set_enabled_outside(self, name: str, version: str, enabled: bool) -> None:
+        """Enable or disable a version, as someone in the Azure portal would."""
+        with self._lock:
+            found = self._version(name, version)
+            found.enabled, found.updated = enabled, _now()
+
+    def add_version_outside(self, name: str, private_key: PrivateKey) -> KeyVersion:
+        """Import a version into a live key, untagged, as someone in the portal would.
+
+        It is created a second after the newest version, as a later import is,
+        so it is the current version and the newest by `created`.
+        """
+        with self._lock:
+            key = self._live(name)
+            created = max([_now()] + [v.created + 1 for v in key.versions])
+            kty = "RSA" if isinstance(private_key, rsa.RSAPrivateKey) else "EC"
+            version = KeyVersion(
+                name=key.name, version=uuid.uuid4().hex, kty=kty,
+                key_ops=list(_RSA_OPS if kty == "RSA" else _EC_OPS), private_key=private_key,
+                origin="software", enabled=True, created=created, updated=created,
+            )
+            key.versions.append(version)
+            return version.snapshot()
+
+    def delete_outside(self, name: str) -> None:
+        """Delete a key (soft delete), as someone in the portal would."""
+        with self._lock:
+            key = self._keys.pop(self._live(name).name.lower())
+            key.deleted_date = _now()
+            self._deleted[key.name.lower()] = key
+
     def live_keks(self) -> int:
         with self._lock:
             return sum(1 for key in self._keys.values() if key.versions[-1].is_kek)
@@ -736,6 +767,18 @@ class AzureKeyVaultFake:
     def hold_deleted(self, name: str) -> None:
         """Make `name` a soft-deleted key (recoverable or purgeable, not reusable)."""
         self._vault.hold_deleted(name)
+
+    def set_enabled_outside(self, name: str, version: str, enabled: bool) -> None:
+        """Enable or disable a version behind the plugin's back (the portal's toggle)."""
+        self._vault.set_enabled_outside(name, version, enabled)
+
+    def add_version_outside(self, name: str, private_key: PrivateKey) -> KeyVersion:
+        """Import an untagged version behind the plugin's back; it becomes current."""
+        return self._vault.add_version_outside(name, private_key)
+
+    def delete_outside(self, name: str) -> None:
+        """Soft-delete a key behind the plugin's back."""
+        self._vault.delete_outside(name)
 
     def kek_count_alive(self) -> int:
         """Live keys whose current version is a key exchange key."""
