@@ -155,7 +155,7 @@ mod tests {
         for key_type in KeyType::ALL.into_iter().filter(|t| t.is_asymmetric()) {
             let material = sample(key_type);
             assert_eq!(
-                of_jwk(&jwk_of(&material)),
+                of_jwk(&jwk_of(material)),
                 material.public_key_der(),
                 "{key_type:?}"
             );
@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn rsa_integers_are_minimal_and_positive() {
         let material = sample(KeyType::Rsa2048);
-        let mut jwk = jwk_of(&material);
+        let mut jwk = jwk_of(material);
         // A leading zero byte in n changes nothing.
         let mut padded = vec![0];
         padded.extend(jwk.n.take().unwrap());
