@@ -779,6 +779,125 @@ def test_provider_reads_never_show_credentials(server: BaoServer, fake: AzureKey
 SECRET_STRINGS: set[str] = set()
 
 
+# -- drift: status and reconcile -------------------------------------------------
+
+
+def spki_sha256(version: KeyVersion) -> str:
+    """The fingerprint of what Azure holds, computed here with `cryptography`."""
+    der = version.private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def status(server: BaoServer, kms: str, key: str) -> dict[str, Any]:
+    return read_json(server, f"keymgmt/kms/{kms}/key/{key}/status")
+
+
+def reconcile(server: BaoServer, kms: str, key: str, *args: str) -> dict[str, Any]:
+    return json.loads(cli(server, "write", "-format=json", "-f", f"keymgmt/kms/{kms}/key/{key}/reconcile",
+                          *args).stdout)["data"]
+
+
+def kinds(state: dict[str, Any]) -> set[tuple[str, int | None]]:
+    return {(d["kind"], d.get("version")) for d in state["drift"]}
+
+
+def azure_state(fake: AzureKeyVaultFake, name: str) -> dict[str, bool]:
+    """Each Azure version's enabled flag (earlier versions are imported in any order)."""
+    return {v.version: v.enabled for v in fake.versions(name)}
+
+
+def test_a_fresh_distribution_is_in_sync_with_independent_fingerprints(
+    server: BaoServer, fake: AzureKeyVaultFake, kms: str, key: str
+) -> None:
+    for i, key_type in enumerate(EC_TYPES + ["rsa-2048"]):
+        name = f"{key}-{i}"
+        cli(server, "write", f"keymgmt/key/{name}", f"type={key_type}")
+        distribute(server, kms, name, "sign,verify", "software" if i % 2 else "hsm")
+        record = distribution(server, kms, name)
+        stored = {v.version: v for v in fake.versions(record["name"])}
+        state = status(server, kms, name)
+        assert state["in_sync"] is True and state["drift"] == [], state
+        assert state["current_provider_id"] == record["versions"]["1"]
+        ours = read_json(server, f"keymgmt/key/{name}")["versions"]["1"]["fingerprint"]
+        shown = state["versions"]["1"]
+        assert shown["material"] == "matches", shown
+        assert shown["provider_fingerprint"] == ours == spki_sha256(stored[record["versions"]["1"]]), key_type
+
+
+def test_drift_is_reported_and_reconciled(server: BaoServer, fake: AzureKeyVaultFake, kms: str,
+                                          key: str) -> None:
+    prepare(server, kms, key, versions=3)
+    cli(server, "write", f"keymgmt/key/{key}", "min_enabled_version=2")
+    distribute(server, kms, key, "sign,verify", "hsm")
+    record = distribution(server, kms, key)
+    name, ids = record["name"], {int(v): azure for v, azure in record["versions"].items()}
+    stored = {v.version: v for v in fake.versions(name)}
+
+    state = status(server, kms, key)
+    assert state["in_sync"] is True, state
+    ours = read_json(server, f"keymgmt/key/{key}")["versions"]
+    for v in (2, 3):
+        shown = state["versions"][str(v)]
+        assert shown["provider_fingerprint"] == ours[str(v)]["fingerprint"] == spki_sha256(stored[ids[v]])
+        assert shown["fingerprint"] == ours[str(v)]["fingerprint"]
+    # Key Vault shows nothing of a disabled version.
+    assert state["versions"]["1"]["enabled"] is False
+    assert state["versions"]["1"]["material"] == "unverifiable"
+    assert state["versions"]["1"]["provider_fingerprint"] is None
+
+    # Behind Vault's back: version 2 disabled, version 1 enabled, a foreign
+    # version imported (it becomes the current one).
+    fake.set_enabled_outside(name, ids[2], False)
+    fake.set_enabled_outside(name, ids[1], True)
+    foreign_key = ec.generate_private_key(ec.SECP256R1())
+    foreign = fake.add_version_outside(name, foreign_key).version
+    state = status(server, kms, key)
+    assert state["in_sync"] is False
+    assert kinds(state) == {("disabled_when_enabled", 2), ("enabled_when_disabled", 1),
+                            ("foreign_current", None), ("not_current", 3)}, state["drift"]
+    assert state["current_provider_id"] == foreign
+    [shown] = state["foreign_versions"]
+    assert shown["provider_id"] == foreign and shown["current"] is True and shown["enabled"] is True
+    assert shown["provider_fingerprint"] == spki_sha256(fake.versions(name)[-1])
+    assert state["versions"]["1"]["provider_fingerprint"] == spki_sha256(stored[ids[1]])
+
+    # A dry run changes nothing in Azure and says what it would do.
+    before, requests_before = azure_state(fake, name), len(vault_requests(fake))
+    planned = reconcile(server, kms, key, "dry_run=true", "disable_foreign=true")
+    assert azure_state(fake, name) == before
+    assert {r.method for r in vault_requests(fake)[requests_before:]} == {"GET"}
+    assert set(planned["actions"]) >= {"enable version 2", "disable version 1",
+                                       f"disable foreign version {foreign}"}, planned["actions"]
+
+    # Reconcile repairs the enabled flags and leaves the foreign version alone.
+    done = reconcile(server, kms, key)
+    assert f"disable foreign version {foreign}" not in done["actions"]
+    assert azure_state(fake, name) == {ids[1]: False, ids[2]: True, ids[3]: True, foreign: True}
+    assert kinds(done) == {("foreign_current", None), ("not_current", 3)}, done["drift"]
+
+    # disable_foreign=true disables it and deletes nothing. Azure keeps it
+    # current: it is the newest version, and Vault cannot add another.
+    done = reconcile(server, kms, key, "disable_foreign=true")
+    assert azure_state(fake, name) == {ids[1]: False, ids[2]: True, ids[3]: True, foreign: False}
+    state = status(server, kms, key)
+    assert state["current_provider_id"] == foreign
+    [shown] = state["foreign_versions"]
+    assert shown["enabled"] is False and shown["current"] is True
+    drift = {d["kind"]: d for d in state["drift"]}
+    assert drift["foreign_current"]["repair"] == "none", drift
+    assert len(fake.versions(name)) == 4, "no Azure version was added"
+
+    # The key deleted outside Vault.
+    fake.delete_outside(name)
+    state = status(server, kms, key)
+    assert state["key_exists"] is False
+    assert kinds(state) == {("key_missing", None)}
+    failed = cli(server, "write", "-f", f"keymgmt/kms/{kms}/key/{key}/reconcile", check=False)
+    assert failed.returncode != 0
+    assert "400" in failed.stderr and name in failed.stderr, failed.stderr
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

@@ -453,10 +453,21 @@ def test_patch_enabled_false_then_true(fake: AzureKeyVaultFake, vault: Vault) ->
     off = vault.call("PATCH", f"/keys/k/{version}", {"attributes": {"enabled": False}})
     assert off.status_code == 200 and off.json()["attributes"]["enabled"] is False
     assert fake.versions("k")[0].enabled is False
-    assert vault.call("GET", f"/keys/k/{version}").json()["attributes"]["enabled"] is False
+    # Key Vault shows nothing of a disabled version, neither by its id nor
+    # as the current version; listing still shows it, disabled.
+    for path in (f"/keys/k/{version}", "/keys/k/"):
+        hidden = vault.call("GET", path)
+        assert hidden.status_code == 403, path
+        assert hidden.json()["error"] == {
+            "code": "Forbidden", "message": "Operation get is not allowed on a disabled key.",
+            "innererror": {"code": "KeyDisabled"},
+        }
+    listed = vault.call("GET", "/keys/k/versions").json()["value"]
+    assert [item["attributes"]["enabled"] for item in listed] == [False]
     on = vault.call("PATCH", f"/keys/k/{version}", {"attributes": {"enabled": True}})
     assert on.json()["attributes"]["enabled"] is True
     assert fake.versions("k")[0].enabled is True
+    assert vault.call("GET", f"/keys/k/{version}").json()["attributes"]["enabled"] is True
 
 
 def test_patch_unknown_version_is_404(fake: AzureKeyVaultFake, vault: Vault) -> None:

@@ -120,14 +120,17 @@ class AzureError(Exception):
 
     def __init__(
         self, status: int, code: str, message: str, source: str | None = None,
-        operation: Operation | None = None,
+        operation: Operation | None = None, inner: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.source = status, code, message, source
-        self.operation = operation
+        self.operation, self.inner = operation, inner
 
     def response(self) -> Response:
-        return Response(self.status, {"error": {"code": self.code, "message": self.message}})
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.inner is not None:
+            error["innererror"] = {"code": self.inner}
+        return Response(self.status, {"error": error})
 
 
 def _bad(message: str) -> AzureError:
@@ -484,6 +487,11 @@ class _Vault:
     def _get_key(self, call: _Call) -> Response:
         with self._lock:
             version = self._version(call.name, call.request.path_params["key-version"])
+            if not version.enabled:
+                # Key Vault shows nothing of a disabled version, whatever the
+                # caller's permissions; PATCH, list and delete still work.
+                raise AzureError(403, "Forbidden", "Operation get is not allowed on a disabled key.",
+                                 inner="KeyDisabled")
             return Response(200, self._bundle(call.base, version))
 
     def _update_key(self, call: _Call) -> Response:
@@ -575,6 +583,37 @@ class _Vault:
             if name.lower() in self._keys:
                 raise ValueError(f"{name} is a live key")
             self._deleted[name.lower()] = _Key(name, [version], deleted_date=now)
+
+    def set_enabled_outside(self, name: str, version: str, enabled: bool) -> None:
+        """Enable or disable a version, as someone in the Azure portal would."""
+        with self._lock:
+            found = self._version(name, version)
+            found.enabled, found.updated = enabled, _now()
+
+    def add_version_outside(self, name: str, private_key: PrivateKey) -> KeyVersion:
+        """Import a version into a live key, untagged, as someone in the portal would.
+
+        It is created a second after the newest version, as a later import is,
+        so it is the current version and the newest by `created`.
+        """
+        with self._lock:
+            key = self._live(name)
+            created = max([_now()] + [v.created + 1 for v in key.versions])
+            kty = "RSA" if isinstance(private_key, rsa.RSAPrivateKey) else "EC"
+            version = KeyVersion(
+                name=key.name, version=uuid.uuid4().hex, kty=kty,
+                key_ops=list(_RSA_OPS if kty == "RSA" else _EC_OPS), private_key=private_key,
+                origin="software", enabled=True, created=created, updated=created,
+            )
+            key.versions.append(version)
+            return version.snapshot()
+
+    def delete_outside(self, name: str) -> None:
+        """Delete a key (soft delete), as someone in the portal would."""
+        with self._lock:
+            key = self._keys.pop(self._live(name).name.lower())
+            key.deleted_date = _now()
+            self._deleted[key.name.lower()] = key
 
     def live_keks(self) -> int:
         with self._lock:
@@ -728,6 +767,18 @@ class AzureKeyVaultFake:
     def hold_deleted(self, name: str) -> None:
         """Make `name` a soft-deleted key (recoverable or purgeable, not reusable)."""
         self._vault.hold_deleted(name)
+
+    def set_enabled_outside(self, name: str, version: str, enabled: bool) -> None:
+        """Enable or disable a version behind the plugin's back (the portal's toggle)."""
+        self._vault.set_enabled_outside(name, version, enabled)
+
+    def add_version_outside(self, name: str, private_key: PrivateKey) -> KeyVersion:
+        """Import an untagged version behind the plugin's back; it becomes current."""
+        return self._vault.add_version_outside(name, private_key)
+
+    def delete_outside(self, name: str) -> None:
+        """Soft-delete a key behind the plugin's back."""
+        self._vault.delete_outside(name)
 
     def kek_count_alive(self) -> int:
         """Live keys whose current version is a key exchange key."""

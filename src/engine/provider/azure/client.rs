@@ -215,6 +215,36 @@ pub fn classify(err: &AzureError, op: Op, vault: &str) -> Failure {
     }
 }
 
+/// Whether `err` is Key Vault's refusal to show a disabled key version:
+/// `403 Forbidden` with inner error `KeyDisabled` ("Operation get is not
+/// allowed on a disabled key."). Key Vault answers `GET /keys/{name}` and
+/// `GET /keys/{name}/{version}` so for a disabled version, also when the
+/// identity holds every permission.
+pub fn is_key_disabled(err: &AzureError) -> bool {
+    let ErrorKind::HttpResponse {
+        status,
+        raw_response: Some(raw),
+        ..
+    } = err.kind()
+    else {
+        return false;
+    };
+    if u16::from(*status) != 403 {
+        return false;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(raw.body()) else {
+        return false;
+    };
+    let error = &value["error"];
+    let inner = error["innererror"]["code"]
+        .as_str()
+        .or_else(|| error["innerError"]["code"].as_str());
+    inner == Some("KeyDisabled")
+        || error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not allowed on a disabled key"))
+}
+
 /// The Key Vault REST calls the provider makes, each sent once: retries
 /// are [`KeyVault::call`]'s. The SDK implements it for the real service
 /// and the unit tests' double in memory.
@@ -617,6 +647,18 @@ mod tests {
             Failure::Fatal(ProviderError::Rejected(m)) => assert!(m.len() < 600, "{}", m.len()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn disabled_keys_are_told_from_denials() {
+        let disabled = r#"{"error":{"code":"Forbidden","message":"Operation get is not allowed on a disabled key.","innererror":{"code":"KeyDisabled"}}}"#;
+        assert!(is_key_disabled(&http_error(403, &[], disabled)));
+        assert!(!is_key_disabled(&http_error(403, &[], KV_ERROR)));
+        assert!(!is_key_disabled(&http_error(404, &[], disabled)));
+        assert!(!is_key_disabled(&AzureError::with_message(
+            ErrorKind::Io,
+            "reset"
+        )));
     }
 
     #[test]

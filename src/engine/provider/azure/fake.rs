@@ -60,6 +60,9 @@ pub struct FakeVersion {
     pub spki: Option<Vec<u8>>,
     pub kty: String,
     pub key_ops: Vec<String>,
+    /// `attributes.created`, unix seconds; set when the version is added,
+    /// one second after the previous version.
+    pub created: i64,
 }
 
 #[derive(Default)]
@@ -87,6 +90,28 @@ fn kv_error(status: u16, code: &str, message: &str) -> AzureError {
         &[("retry-after", "0")],
         &json!({"error": {"code": code, "message": message}}).to_string(),
     )
+}
+
+/// Key Vault's answer to `GET` of a disabled version.
+fn disabled() -> AzureError {
+    http_error(
+        403,
+        &[],
+        &json!({"error": {
+            "code": "Forbidden",
+            "message": "Operation get is not allowed on a disabled key.",
+            "innererror": {"code": "KeyDisabled"},
+        }})
+        .to_string(),
+    )
+}
+
+/// A version as `GET` shows it: Key Vault refuses a disabled one.
+fn shown(name: &str, version: &FakeVersion) -> Result<Key, AzureError> {
+    match version.enabled {
+        true => Ok(FakeKeyVault::bundle(name, version)),
+        false => Err(disabled()),
+    }
 }
 
 fn not_found(name: &str) -> AzureError {
@@ -160,6 +185,35 @@ impl FakeKeyVault {
         if state.keys.remove(name).is_some() {
             state.deleted.insert(name.to_owned());
         }
+    }
+
+    /// Sets a version's enabled flag as someone in the Azure portal would.
+    pub fn set_enabled_outside(&self, name: &str, id: &str, enabled: bool) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(v) = state
+            .keys
+            .get_mut(name)
+            .and_then(|v| v.iter_mut().find(|v| v.id == id))
+        {
+            v.enabled = enabled;
+        }
+    }
+
+    /// Adds a version, untagged, as someone importing into the key in the
+    /// Azure portal would; it becomes the current version.
+    pub fn add_outside(&self, name: &str, spki: Vec<u8>, kty: &str) -> String {
+        let id = self.next_id();
+        let version = FakeVersion {
+            id: id.clone(),
+            tags: BTreeMap::new(),
+            enabled: true,
+            spki: Some(spki),
+            kty: kty.into(),
+            key_ops: vec!["sign".into(), "verify".into()],
+            created: 0,
+        };
+        self.add_version(name, version).expect("the key is live");
+        id
     }
 
     /// A soft-deleted key under `name`, as a removal leaves it.
@@ -243,14 +297,16 @@ impl FakeKeyVault {
         jwk["key_ops"] = json!(version.key_ops);
         serde_json::from_value(json!({
             "key": jwk,
-            "attributes": {"enabled": version.enabled},
+            "attributes": {"enabled": version.enabled, "created": version.created},
             "tags": version.tags,
         }))
         .unwrap()
     }
 
-    fn add_version(&self, name: &str, version: FakeVersion) -> Result<Key, AzureError> {
+    fn add_version(&self, name: &str, mut version: FakeVersion) -> Result<Key, AzureError> {
         let mut state = self.state.lock().unwrap();
+        state.counter += 1;
+        version.created = 1_700_000_000 + state.counter as i64;
         if state.deleted.contains(name) {
             return Err(kv_error(
                 409,
@@ -390,6 +446,7 @@ impl FakeKeyVault {
             enabled: body["attributes"]["enabled"].as_bool().unwrap_or(true),
             spki,
             kty,
+            created: 0,
             key_ops: jwk["key_ops"]
                 .as_array()
                 .map(|ops| {
@@ -442,6 +499,7 @@ impl KeyVaultApi for FakeKeyVault {
                 spki: None,
                 kty: "RSA-HSM".into(),
                 key_ops: vec!["import".into()],
+                created: 0,
             };
             self.add_version(name, version)?;
             Ok(serde_json::from_value(json!({"key": {"kid": kid, "kty": "RSA-HSM", "n": n, "e": e, "key_ops": ["import"]}})).unwrap())
@@ -460,7 +518,7 @@ impl KeyVaultApi for FakeKeyVault {
         let result = {
             let state = self.state.lock().unwrap();
             match state.keys.get(name).and_then(|v| v.last()) {
-                Some(version) => Ok(Self::bundle(name, version)),
+                Some(version) => shown(name, version),
                 None => Err(not_found(name)),
             }
         };
@@ -501,7 +559,7 @@ impl KeyVaultApi for FakeKeyVault {
                     .map(|v| {
                         serde_json::from_value(json!({
                             "kid": format!("{VAULT}/keys/{name}/{}", v.id),
-                            "attributes": {"enabled": v.enabled},
+                            "attributes": {"enabled": v.enabled, "created": v.created},
                             "tags": v.tags,
                         }))
                         .unwrap()
@@ -522,7 +580,7 @@ impl KeyVaultApi for FakeKeyVault {
                 .get(name)
                 .and_then(|v| v.iter().find(|v| v.id == version))
             {
-                Some(found) => Ok(Self::bundle(name, found)),
+                Some(found) => shown(name, found),
                 None => Err(not_found(name)),
             }
         };
@@ -665,5 +723,35 @@ impl crate::engine::provider::conformance::Double for AzureDouble {
 
     fn delete_outside(&self, target: &crate::engine::provider::Target) {
         self.fake.delete_outside(&target.name);
+    }
+}
+
+impl crate::engine::provider::conformance::Tamper for AzureDouble {
+    fn set_enabled_outside(
+        &self,
+        target: &crate::engine::provider::Target,
+        provider_id: &str,
+        enabled: bool,
+    ) {
+        self.fake
+            .set_enabled_outside(&target.name, provider_id, enabled);
+    }
+
+    fn add_foreign(
+        &self,
+        target: &crate::engine::provider::Target,
+        material: &KeyMaterial,
+    ) -> String {
+        let spki = material.public_key_der().expect("an asymmetric key");
+        let kty = match target.key_type.rsa_bits() {
+            Some(_) => "RSA",
+            None => "EC",
+        };
+        self.fake.add_outside(&target.name, spki, kty)
+    }
+
+    /// Key Vault cannot delete a single version of a key.
+    fn doom_outside(&self, _target: &crate::engine::provider::Target, _provider_id: &str) -> bool {
+        false
     }
 }

@@ -38,6 +38,8 @@ mod client;
 pub mod config;
 #[cfg(test)]
 pub mod fake;
+mod inspect;
+mod spki;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,8 +57,8 @@ use super::client::retry::{self, RetryPolicy};
 use super::client::timing::{self, wrap_time};
 use super::registry::{Credential, Descriptor, any_purposes};
 use super::{
-    ImportRequest, ImportSession, KmsProvider, NewId, Protection, ProviderConfig, ProviderError,
-    Purpose, Target, VersionState,
+    ImportRequest, ImportSession, KmsProvider, LiveKey, NewId, Protection, ProviderConfig,
+    ProviderError, Purpose, Target, VersionState,
 };
 use crate::engine::key_type::KeyType;
 use crate::engine::material::KeyMaterial;
@@ -162,6 +164,15 @@ impl AzureKeyVault {
             list_denied: AtomicBool::new(false),
         }
     }
+}
+
+/// What listing a key's versions gave.
+enum Listing {
+    Listed(Vec<KeyProperties>),
+    /// 404: the key does not exist.
+    Missing,
+    /// The identity lacks the `list` permission.
+    Denied,
 }
 
 /// Azure version ids of a key by the Vault version they are tagged with.
@@ -280,41 +291,92 @@ impl AzureKeyVault {
         target: &Target,
         version: u32,
         material: &KeyMaterial,
+        enabled: bool,
     ) -> Result<Option<String>, ProviderError> {
         let vault = &self.vault;
-        let key = vault
-            .call(Op::Get, |_| vault.api.latest(&target.name))
+        let name = target.name.as_str();
+        let found = vault
+            .call(Op::Get, |_| async move {
+                match vault.api.latest(name).await {
+                    Ok(key) => Ok(matching_version(&key, version, material)),
+                    // Key Vault shows nothing of a disabled newest version:
+                    // its tag is found in the listing, where allowed.
+                    Err(e) if client::is_key_disabled(&e) => {
+                        self.find_listed(name, version, material, enabled).await
+                    }
+                    Err(e) => Err(e),
+                }
+            })
             .await?;
-        Ok(key.and_then(|k| matching_version(&k, version, material)))
+        Ok(found.flatten())
     }
 
-    /// The key's versions by their Vault version tag; `None` when the
-    /// identity may not list them.
-    async fn tagged_versions(&self, name: &str) -> Result<Option<Tagged>, ProviderError> {
-        let vault = &self.vault;
-        match vault.call(Op::List, |_| vault.api.versions(name)).await {
-            Ok(listed) => Ok(Some(tagged(listed.unwrap_or_default()))),
-            Err(ProviderError::Permission(_)) => {
-                if !self.list_denied.swap(true, Ordering::SeqCst) {
-                    log::info!(
-                        "azure key vault: the identity may not list key versions in {}; versions are imported one at a time (grant the list key permission to import them in parallel)",
-                        vault.vault()
-                    );
-                }
+    /// The Azure version among the key's listed versions that holds Vault
+    /// `version`; `None` also when the identity may not list.
+    async fn find_listed(
+        &self,
+        name: &str,
+        version: u32,
+        material: &KeyMaterial,
+        enabled: bool,
+    ) -> Result<Option<String>, AzureError> {
+        match self.vault.api.versions(name).await {
+            Ok(listed) => {
+                self.find_tagged(name, &tagged(listed), version, material, enabled)
+                    .await
+            }
+            Err(e)
+                if matches!(
+                    e.http_status(),
+                    Some(StatusCode::NotFound | StatusCode::Forbidden)
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
         }
     }
 
+    /// The key's versions by their Vault version tag; `None` when the
+    /// identity may not list them.
+    async fn tagged_versions(&self, name: &str) -> Result<Option<Tagged>, ProviderError> {
+        Ok(match self.listing(name).await? {
+            Listing::Listed(listed) => Some(tagged(listed)),
+            Listing::Missing => Some(Vec::new()),
+            Listing::Denied => None,
+        })
+    }
+
+    /// `GET /keys/{name}/versions`, every page; a denial is said once.
+    async fn listing(&self, name: &str) -> Result<Listing, ProviderError> {
+        let vault = &self.vault;
+        match vault.call(Op::List, |_| vault.api.versions(name)).await {
+            Ok(Some(listed)) => Ok(Listing::Listed(listed)),
+            Ok(None) => Ok(Listing::Missing),
+            Err(ProviderError::Permission(_)) => {
+                if !self.list_denied.swap(true, Ordering::SeqCst) {
+                    log::info!(
+                        "azure key vault: the identity may not list key versions in {}; versions are imported one at a time and drift checks read only the recorded and the current versions (grant the list key permission to import them in parallel and to see every version)",
+                        vault.vault()
+                    );
+                }
+                Ok(Listing::Denied)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The Azure version among `tagged` that holds Vault `version` of
-    /// `material` (tag and public key both match).
+    /// `material` (tag and public key both match). Key Vault shows nothing
+    /// of a disabled version, so for an import made disabled (`!enabled`)
+    /// a disabled version with the tag is taken on its tag alone.
     async fn find_tagged(
         &self,
         name: &str,
         tagged: &[(u32, String)],
         version: u32,
         material: &KeyMaterial,
+        enabled: bool,
     ) -> Result<Option<String>, AzureError> {
         for (_, id) in tagged.iter().filter(|(v, _)| *v == version) {
             match self.vault.api.version(name, id).await {
@@ -323,7 +385,12 @@ impl AzureKeyVault {
                         return Ok(Some(found));
                     }
                 }
-                Err(e) if e.http_status() == Some(StatusCode::NotFound) => {}
+                Err(e) if client::is_key_disabled(&e) && !enabled => {
+                    return Ok(Some(id.clone()));
+                }
+                Err(e)
+                    if e.http_status() == Some(StatusCode::NotFound)
+                        || client::is_key_disabled(&e) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -338,6 +405,7 @@ impl AzureKeyVault {
         name: &str,
         version: u32,
         material: &KeyMaterial,
+        enabled: bool,
         parallel: bool,
     ) -> Result<Option<String>, AzureError> {
         let api = &self.vault.api;
@@ -345,7 +413,7 @@ impl AzureKeyVault {
         if parallel {
             return match api.versions(name).await {
                 Ok(listed) => {
-                    self.find_tagged(name, &tagged(listed), version, material)
+                    self.find_tagged(name, &tagged(listed), version, material, enabled)
                         .await
                 }
                 Err(e) if not_found(&e) => Ok(None),
@@ -355,6 +423,9 @@ impl AzureKeyVault {
         match api.latest(name).await {
             Ok(key) => Ok(matching_version(&key, version, material)),
             Err(e) if not_found(&e) => Ok(None),
+            Err(e) if client::is_key_disabled(&e) => {
+                self.find_listed(name, version, material, enabled).await
+            }
             Err(e) => Err(e),
         }
     }
@@ -366,6 +437,7 @@ impl AzureKeyVault {
         target: &Target,
         version: u32,
         material: &KeyMaterial,
+        enabled: bool,
         body: &SecretBody,
         parallel: bool,
     ) -> Result<String, ProviderError> {
@@ -376,8 +448,9 @@ impl AzureKeyVault {
                 let content = body.bytes();
                 async move {
                     if failures > 0
-                        && let Some(id) =
-                            self.lost_import(name, version, material, parallel).await?
+                        && let Some(id) = self
+                            .lost_import(name, version, material, enabled, parallel)
+                            .await?
                     {
                         return Ok(id);
                     }
@@ -508,8 +581,15 @@ impl AzureKeyVault {
             ProviderError::Rejected(format!("encoding the import request failed: {e}"))
         })?;
         let body = SecretBody::new(Zeroizing::new(body));
-        self.import_body(target, request.version, request.material, &body, parallel)
-            .await
+        self.import_body(
+            target,
+            request.version,
+            request.material,
+            request.enabled,
+            &body,
+            parallel,
+        )
+        .await
     }
 }
 
@@ -545,13 +625,24 @@ impl AzureImport<'_> {
             let vault = &provider.vault;
             return vault
                 .call(Op::Get, |_| {
-                    provider.find_tagged(name, tagged, request.version, request.material)
+                    provider.find_tagged(
+                        name,
+                        tagged,
+                        request.version,
+                        request.material,
+                        request.enabled,
+                    )
                 })
                 .await
                 .map(Option::flatten);
         }
         provider
-            .existing(self.target, request.version, request.material)
+            .existing(
+                self.target,
+                request.version,
+                request.material,
+                request.enabled,
+            )
             .await
     }
 
@@ -618,6 +709,7 @@ impl ImportSession for AzureImport<'_> {
                     target,
                     version,
                     request.material,
+                    request.enabled,
                     &body,
                     parallel,
                 ))
@@ -731,6 +823,27 @@ impl KmsProvider for AzureKeyVault {
         Ok(Vec::new())
     }
 
+    /// Every version with `list` (the enabled ones read for their public
+    /// key), only the recorded and the current one without it; see
+    /// [`inspect`].
+    async fn inspect(
+        &self,
+        target: &Target,
+        versions: &[VersionState<'_>],
+    ) -> Result<Option<LiveKey>, ProviderError> {
+        self.inspect_key(target, versions).await
+    }
+
+    /// `PATCH attributes.enabled=false` on each version: Azure cannot
+    /// delete a single version, and this never deletes anything.
+    async fn disable_foreign(
+        &self,
+        target: &Target,
+        provider_ids: &[String],
+    ) -> Result<(), ProviderError> {
+        self.disable_versions(target, provider_ids).await
+    }
+
     async fn remove(
         &self,
         target: &Target,
@@ -751,6 +864,7 @@ impl KmsProvider for AzureKeyVault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::provider::LiveMaterial;
 
     #[tokio::test]
     async fn passes_the_conformance_suite() {
@@ -760,6 +874,175 @@ mod tests {
             assert_eq!(double.fake.live_keks(), 0, "every exchange key is deleted");
             purged(&double.fake).await;
         }
+    }
+
+    #[tokio::test]
+    async fn passes_the_drift_contract() {
+        for protection in [Protection::Hsm, Protection::Software] {
+            let double = fake::AzureDouble::new(protection);
+            super::super::conformance::run_drift(&double, protection.as_str()).await;
+        }
+    }
+
+    fn provider_over(fake: &Arc<fake::FakeKeyVault>) -> AzureKeyVault {
+        AzureKeyVault::new(
+            fake.clone(),
+            RetryPolicy::with_base(std::time::Duration::from_millis(1)),
+        )
+    }
+
+    /// Imports `count` versions one at a time, version 1 disabled.
+    async fn import_versions(
+        provider: &AzureKeyVault,
+        target: &Target,
+        count: u32,
+    ) -> (Vec<KeyMaterial>, Vec<String>) {
+        let mut materials = Vec::new();
+        let mut ids = Vec::new();
+        for version in 1..=count {
+            let material = KeyMaterial::generate(target.key_type).unwrap();
+            let session = provider.begin_import(target);
+            let id = session
+                .import(ImportRequest {
+                    version,
+                    material: &material,
+                    enabled: version > 1,
+                    resume: false,
+                    recorded: &ids,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("version {version}: {e}"));
+            session.finish().await;
+            materials.push(material);
+            ids.push(id);
+        }
+        (materials, ids)
+    }
+
+    fn states<'a>(materials: &'a [KeyMaterial], ids: &'a [String]) -> Vec<VersionState<'a>> {
+        ids.iter()
+            .zip(materials)
+            .enumerate()
+            .map(|(i, (id, material))| VersionState {
+                version: i as u32 + 1,
+                provider_id: id,
+                enabled: i > 0,
+                material,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn disabled_versions_are_unverifiable_and_never_block_imports() {
+        for list in [true, false] {
+            let fake = Arc::new(fake::FakeKeyVault::new());
+            if !list {
+                fake.inject(fake::Call::List, fake::Fault::Denied, 1000);
+            }
+            let provider = provider_over(&fake);
+            let target = target("k-1700000000");
+            // Version 1 is disabled and the newest when version 2 is
+            // imported: Key Vault refuses to show it.
+            let (materials, ids) = import_versions(&provider, &target, 2).await;
+            assert_eq!(fake.versions(&target.name).len(), 2, "list {list}");
+            let live = provider
+                .inspect(&target, &states(&materials, &ids))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(live.versions.len(), 2, "list {list}: {live:?}");
+            let v1 = live
+                .versions
+                .iter()
+                .find(|v| v.provider_id == ids[0])
+                .unwrap();
+            assert!(!v1.enabled, "{v1:?}");
+            assert!(
+                matches!(v1.material, LiveMaterial::Unverifiable(_)),
+                "{v1:?}"
+            );
+            let v2 = live
+                .versions
+                .iter()
+                .find(|v| v.provider_id == ids[1])
+                .unwrap();
+            assert_eq!(
+                v2.material,
+                LiveMaterial::PublicKey(materials[1].public_key_der().unwrap())
+            );
+            assert_eq!(v2.vault_version, Some(2));
+            assert_eq!(live.current.as_ref(), Some(&ids[1]), "list {list}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_list_only_recorded_and_current_versions_are_seen() {
+        let fake = Arc::new(fake::FakeKeyVault::new());
+        let provider = provider_over(&fake);
+        let target = target("k-1700000000");
+        let (materials, ids) = import_versions(&provider, &target, 2).await;
+        let foreign = KeyMaterial::generate(target.key_type).unwrap();
+        let first = fake.add_outside(&target.name, foreign.public_key_der().unwrap(), "EC");
+        let second = fake.add_outside(&target.name, foreign.public_key_der().unwrap(), "EC");
+        fake.inject(fake::Call::List, fake::Fault::Denied, 1000);
+        let states = states(&materials, &ids);
+        let live = provider.inspect(&target, &states).await.unwrap().unwrap();
+        let seen: Vec<&str> = live
+            .versions
+            .iter()
+            .map(|v| v.provider_id.as_str())
+            .collect();
+        assert!(!seen.contains(&first.as_str()), "{seen:?}");
+        assert!(seen.contains(&second.as_str()), "the current one: {seen:?}");
+        assert_eq!(live.current.as_ref(), Some(&second));
+        // Disabled, the current foreign version is no longer seen at all.
+        provider
+            .disable_foreign(&target, std::slice::from_ref(&second))
+            .await
+            .unwrap();
+        let live = provider.inspect(&target, &states).await.unwrap().unwrap();
+        assert_eq!(live.current, None);
+        assert_eq!(live.versions.len(), 2, "{live:?}");
+        // With list, it is seen, disabled and current.
+        fake.clear_faults();
+        let live = provider.inspect(&target, &states).await.unwrap().unwrap();
+        assert_eq!(live.versions.len(), 4, "{live:?}");
+        assert_eq!(live.current.as_ref(), Some(&second));
+        let found = live
+            .versions
+            .iter()
+            .find(|v| v.provider_id == second)
+            .unwrap();
+        assert!(!found.enabled && found.vault_version.is_none(), "{found:?}");
+        assert!(
+            fake.versions(&target.name).iter().any(|v| v.id == second),
+            "never deleted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_disabled_import_is_found_by_its_tag() {
+        let fake = Arc::new(fake::FakeKeyVault::new());
+        let provider = provider_over(&fake);
+        let target = target("k-1700000000");
+        let material = KeyMaterial::generate(target.key_type).unwrap();
+        fake.inject(fake::Call::Import, fake::Fault::Lost, 1);
+        let session = provider.begin_import(&target);
+        let id = session
+            .import(ImportRequest {
+                version: 1,
+                material: &material,
+                enabled: false,
+                resume: false,
+                recorded: &[],
+            })
+            .await
+            .unwrap();
+        session.finish().await;
+        let versions = fake.versions(&target.name);
+        assert_eq!(versions.len(), 1, "{versions:?}");
+        assert_eq!(versions[0].id, id);
+        assert!(!versions[0].enabled);
     }
 
     /// Waits for the background purges of deleted exchange keys.
