@@ -869,6 +869,8 @@ def test_drift_is_reported_and_reconciled(server: BaoServer, fake: AzureKeyVault
     assert {r.method for r in vault_requests(fake)[requests_before:]} == {"GET"}
     assert set(planned["actions"]) >= {"enable version 2", "disable version 1",
                                        f"disable foreign version {foreign}"}, planned["actions"]
+    # Azure's newest version is current: nothing Vault does can change it.
+    assert not any(a.startswith("make version") for a in planned["actions"]), planned["actions"]
 
     # Reconcile repairs the enabled flags and leaves the foreign version alone.
     done = reconcile(server, kms, key)
@@ -886,6 +888,8 @@ def test_drift_is_reported_and_reconciled(server: BaoServer, fake: AzureKeyVault
     assert shown["enabled"] is False and shown["current"] is True
     drift = {d["kind"]: d for d in state["drift"]}
     assert drift["foreign_current"]["repair"] == "none", drift
+    assert drift["not_current"]["repair"] == "none", drift
+    assert "cannot change" in drift["not_current"]["detail"], drift
     assert len(fake.versions(name)) == 4, "no Azure version was added"
 
     # The key deleted outside Vault.

@@ -446,6 +446,15 @@ pub fn assess(key: &Key, record: &Distribution, live: Option<&LiveKey>) -> Asses
         .as_deref()
         .and_then(|c| by_id.get(c))
         .is_some_and(|v| v.doomed);
+    let (make_current, cannot) = if live.can_make_current {
+        (Repair::MakeCurrent, "")
+    } else {
+        (
+            Repair::None,
+            "; the provider makes its newest version current and Vault cannot change that: \
+             applications must name the version id, or the key must be distributed again",
+        )
+    };
     if live.has_current
         && let Some(latest) = latest_id
         && live.current.as_deref() != Some(latest.as_str())
@@ -458,9 +467,9 @@ pub fn assess(key: &Key, record: &Distribution, live: Option<&LiveKey>) -> Asses
         drift.push(
             Drift::new(
                 DriftKind::NotCurrent,
-                Repair::MakeCurrent,
+                make_current,
                 format!(
-                    "the current version is {}, not the latest version {} ({latest})",
+                    "the current version is {}, not the latest version {} ({latest}){cannot}",
                     live.current.as_deref().unwrap_or("unset"),
                     key.latest_version
                 ),
@@ -475,9 +484,9 @@ pub fn assess(key: &Key, record: &Distribution, live: Option<&LiveKey>) -> Asses
         drift.push(
             Drift::new(
                 DriftKind::NotCurrent,
-                Repair::MakeCurrent,
+                make_current,
                 format!(
-                    "the latest version {} is not the current version",
+                    "the latest version {} is not the current version{cannot}",
                     key.latest_version
                 ),
             )

@@ -218,6 +218,9 @@ pub struct LiveKey {
     pub has_current: bool,
     /// That version's provider id, when `has_current` and one is set.
     pub current: Option<String>,
+    /// Whether `make_current` can change it (an alias, a primary); Azure's
+    /// newest version is current and nothing can change that.
+    pub can_make_current: bool,
 }
 
 /// One provider-side version, as the provider reports it now.

@@ -279,6 +279,7 @@ impl KmsProvider for TestProvider {
             versions,
             has_current: true,
             current: state.current_id(&target.name),
+            can_make_current: true,
         }))
     }
 

@@ -1027,6 +1027,7 @@ impl KmsProvider for AwsKms {
         Ok(Some(LiveKey {
             versions: live,
             has_current: true,
+            can_make_current: true,
             current: current.map(|info| info.key_id),
         }))
     }

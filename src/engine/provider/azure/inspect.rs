@@ -198,8 +198,11 @@ impl AzureKeyVault {
         }
         Ok(Some(LiveKey {
             versions: live,
-            has_current: true,
+            // Without the listing, or with two versions created in the
+            // same second, the current one cannot be told: no judgement.
+            has_current: current.is_some(),
             current,
+            can_make_current: false,
         }))
     }
 

@@ -965,6 +965,7 @@ impl KmsProvider for GcpKms {
         Ok(Some(LiveKey {
             versions: live,
             has_current: symmetric,
+            can_make_current: symmetric,
             current,
         }))
     }

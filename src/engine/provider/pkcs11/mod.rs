@@ -1340,6 +1340,7 @@ impl KmsProvider for Pkcs11Kms {
         Ok(Some(LiveKey {
             versions,
             has_current: false,
+            can_make_current: false,
             current: None,
         }))
     }
