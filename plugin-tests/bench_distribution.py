@@ -37,6 +37,7 @@ from harness import MOUNT, BaoServer, cli, install_plugin, kill_plugins
 from localstack import LocalStack
 
 KEY_TYPE = "ecdsa-p256"
+PROVIDERS = ("azurekeyvault", "awskms", "gcpckms")
 
 
 def main() -> int:
@@ -44,11 +45,18 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.05, help="seconds every cloud call waits")
     parser.add_argument("--keys", type=int, default=3, help="one-version keys per provider and mode")
     parser.add_argument("--versions", type=int, default=50, help="versions of the many-version key")
+    parser.add_argument("--providers", default=",".join(PROVIDERS),
+                        help=f"comma-separated subset of {','.join(PROVIDERS)} (default: all)")
     args = parser.parse_args()
+    wanted = [p.strip() for p in args.providers.split(",") if p.strip()]
+    if not wanted or any(p not in PROVIDERS for p in wanted):
+        parser.error(f"--providers: choose from {', '.join(PROVIDERS)}")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-distribution-"))
-    localstack = LocalStack(tmp / "localstack")
-    proxy = AwsFaultProxy(localstack.endpoint, latency_s=args.latency, upstream_keep_alive=True).start()
+    # LocalStack takes a core for a while to start: only when AWS is measured.
+    localstack = LocalStack(tmp / "localstack") if "awskms" in wanted else None
+    proxy = (AwsFaultProxy(localstack.endpoint, latency_s=args.latency, upstream_keep_alive=True).start()
+             if localstack else None)
     azure_cm = FakeKeyVault()
     azure = azure_cm.__enter__()
     gcp_cm = FakeCloudKms(import_job_delay=0.0, version_delay=0.0)
@@ -75,7 +83,8 @@ def main() -> int:
         "azurekeyvault": (["provider=azurekeyvault", "key_collection=keyvault-name",
                            *[f"credentials={k}={v}" for k, v in azure.credentials.items()]], "software", "sign,verify"),
         "awskms": (["provider=awskms", "key_collection=us-east-1", f"credentials=access_key={access_key}",
-                    "credentials=secret_key=bench", f"credentials=endpoint={proxy.endpoint}"], "hsm", "sign,verify"),
+                    "credentials=secret_key=bench", f"credentials=endpoint={proxy.endpoint if proxy else ''}"],
+                   "hsm", "sign,verify"),
         "gcpckms": (["provider=gcpckms", f"key_collection={gcp.key_collection}",
                      f"credentials=service_account_file={gcp.service_account_file}"], "hsm", "sign"),
     }
@@ -88,6 +97,8 @@ def main() -> int:
             s.headers["X-Vault-Token"] = server.token
             base = f"{server.addr}/v1/{MOUNT}"
             for index, (provider, (settings, protection, purpose)) in enumerate(providers.items()):
+                if provider not in wanted:
+                    continue
                 kms = f"p{index}"
                 cli(server, "write", f"{MOUNT}/kms/{kms}", *settings)
 
@@ -120,10 +131,12 @@ def main() -> int:
         for server in servers.values():
             server.stop()
             kill_plugins(server)
-        proxy.stop()
+        if proxy:
+            proxy.stop()
         gcp_cm.__exit__(None, None, None)
         azure_cm.__exit__(None, None, None)
-        localstack.stop()
+        if localstack:
+            localstack.stop()
 
     print(f"Distribution of one {KEY_TYPE} key, every cloud call delayed {args.latency * 1000:.0f} ms; "
           f"1 version p50 of {args.keys} keys vs one {args.versions}-version key; "

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 
+use futures_util::FutureExt as _;
 use futures_util::future::join_all;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use time::OffsetDateTime;
@@ -257,23 +258,35 @@ impl KeyManagement {
                     (number, session.import(request).await)
                 });
             }
-            let Some((number, imported)) = running.next().await else {
+            let Some(first) = running.next().await else {
                 break;
             };
-            match imported {
-                Ok(id) => {
-                    record.started.remove(&number);
-                    record.versions.insert(number, id);
-                    if let Err(err) = self.distributions.put(provider, &key.name, record).await {
-                        failure.get_or_insert(err);
+            // Imports in flight tend to land together: every one that has
+            // landed is recorded in one write.
+            let mut landed = vec![first];
+            while let Some(Some(more)) = running.next().now_or_never() {
+                landed.push(more);
+            }
+            let mut recorded_any = false;
+            for (number, imported) in landed {
+                match imported {
+                    Ok(id) => {
+                        record.started.remove(&number);
+                        record.versions.insert(number, id);
+                        recorded_any = true;
+                    }
+                    Err(err) => {
+                        failure.get_or_insert(Error::from(err).context(&format!(
+                            "{context} (version {number} was not imported; writing to kms/{provider}/key/{} again resumes)",
+                            key.name
+                        )));
                     }
                 }
-                Err(err) => {
-                    failure.get_or_insert(Error::from(err).context(&format!(
-                        "{context} (version {number} was not imported; writing to kms/{provider}/key/{} again resumes)",
-                        key.name
-                    )));
-                }
+            }
+            if recorded_any
+                && let Err(err) = self.distributions.put(provider, &key.name, record).await
+            {
+                failure.get_or_insert(err);
             }
         }
         failure.map_or(Ok(()), Err)
