@@ -622,7 +622,7 @@ impl KeyManagement {
         }
         if before.needs(Repair::SetEnabled) {
             let new_ids = client
-                .set_enabled(&target, &version_states(key, &record))
+                .set_enabled(&record.target(key), &version_states(key, &record))
                 .await
                 .map_err(|e| Error::from(e).context(&context))?;
             if !new_ids.is_empty() {
