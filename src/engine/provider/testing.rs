@@ -104,6 +104,24 @@ impl ProviderConnector for TestProvider {
     }
 }
 
+/// Versions 1.. with the given ids and materials, version 1 disabled (as
+/// below `min_enabled_version` 2) and the rest enabled.
+pub fn first_disabled<'a>(
+    ids: &'a [String],
+    materials: &'a [crate::engine::material::KeyMaterial],
+) -> Vec<VersionState<'a>> {
+    ids.iter()
+        .zip(materials)
+        .enumerate()
+        .map(|(i, (id, material))| VersionState {
+            version: i as u32 + 1,
+            provider_id: id,
+            enabled: i > 0,
+            material,
+        })
+        .collect()
+}
+
 fn take(counter: &mut u32) -> bool {
     if *counter > 0 {
         *counter -= 1;

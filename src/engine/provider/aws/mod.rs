@@ -1106,6 +1106,7 @@ impl KmsProvider for AwsKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::provider::testing::first_disabled;
 
     #[tokio::test]
     async fn passes_the_conformance_suite() {
@@ -1152,19 +1153,6 @@ mod tests {
         (target, materials, ids)
     }
 
-    fn states<'a>(ids: &'a [String], materials: &'a [KeyMaterial]) -> Vec<VersionState<'a>> {
-        ids.iter()
-            .zip(materials)
-            .enumerate()
-            .map(|(i, (id, material))| VersionState {
-                version: i as u32 + 1,
-                provider_id: id,
-                enabled: i > 0,
-                material,
-            })
-            .collect()
-    }
-
     #[tokio::test]
     async fn inspect_shows_unimported_versions_and_unrecorded_tagged_keys() {
         let double = fake::AwsDouble::of(KeyType::EcdsaP256);
@@ -1172,7 +1160,7 @@ mod tests {
         let aws = double.aws();
         // Vault recorded only versions 1 and 2; version 3's key carries
         // the distribution's tags (an import whose answer was lost).
-        let recorded = states(&ids[..2], &materials[..2]);
+        let recorded = first_disabled(&ids[..2], &materials[..2]);
         let live = aws.inspect(&target, &recorded).await.unwrap().unwrap();
         assert_eq!(live.current, None, "no alias yet");
         assert!(live.has_current);
@@ -1234,7 +1222,7 @@ mod tests {
         double.fake.delete_outside(fake::REGION, &ids[1]);
         let aws = double.aws();
         let live = aws
-            .inspect(&target, &states(&ids, &materials))
+            .inspect(&target, &first_disabled(&ids, &materials))
             .await
             .unwrap()
             .unwrap();
@@ -1266,7 +1254,7 @@ mod tests {
         // Every key of the distribution deleted: the key is gone, even
         // while the alias still names one of them.
         let recorded = [ids[0].clone(), again.clone()];
-        let all = states(&recorded, &materials);
+        let all = first_disabled(&recorded, &materials);
         aws.make_current(&target, &all[1]).await.unwrap();
         for id in &recorded {
             double.fake.delete_outside(fake::REGION, id);

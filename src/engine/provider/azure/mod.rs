@@ -865,6 +865,7 @@ impl KmsProvider for AzureKeyVault {
 mod tests {
     use super::*;
     use crate::engine::provider::LiveMaterial;
+    use crate::engine::provider::testing::first_disabled;
 
     #[tokio::test]
     async fn passes_the_conformance_suite() {
@@ -919,19 +920,6 @@ mod tests {
         (materials, ids)
     }
 
-    fn states<'a>(materials: &'a [KeyMaterial], ids: &'a [String]) -> Vec<VersionState<'a>> {
-        ids.iter()
-            .zip(materials)
-            .enumerate()
-            .map(|(i, (id, material))| VersionState {
-                version: i as u32 + 1,
-                provider_id: id,
-                enabled: i > 0,
-                material,
-            })
-            .collect()
-    }
-
     #[tokio::test]
     async fn disabled_versions_are_unverifiable_and_never_block_imports() {
         for list in [true, false] {
@@ -946,7 +934,7 @@ mod tests {
             let (materials, ids) = import_versions(&provider, &target, 2).await;
             assert_eq!(fake.versions(&target.name).len(), 2, "list {list}");
             let live = provider
-                .inspect(&target, &states(&materials, &ids))
+                .inspect(&target, &first_disabled(&ids, &materials))
                 .await
                 .unwrap()
                 .unwrap();
@@ -985,7 +973,7 @@ mod tests {
         let first = fake.add_outside(&target.name, foreign.public_key_der().unwrap(), "EC");
         let second = fake.add_outside(&target.name, foreign.public_key_der().unwrap(), "EC");
         fake.inject(fake::Call::List, fake::Fault::Denied, 1000);
-        let states = states(&materials, &ids);
+        let states = first_disabled(&ids, &materials);
         let live = provider.inspect(&target, &states).await.unwrap().unwrap();
         let seen: Vec<&str> = live
             .versions
