@@ -543,10 +543,7 @@ impl KeyManagement {
             quote(&key.name),
             quote(provider)
         );
-        let client = self
-            .client(provider)
-            .await
-            .map_err(|e| e.context(&context))?;
+        let client = self.client_for(provider, &context).await?;
         let live = client
             .inspect(&record.target(key), &version_states(key, record))
             .await
@@ -592,10 +589,7 @@ impl KeyManagement {
             quote(&key.name),
             quote(provider)
         );
-        let client = self
-            .client(provider)
-            .await
-            .map_err(|e| e.context(&context))?;
+        let client = self.client_for(provider, &context).await?;
         let target = record.target(key);
         let foreign = before.usable_foreign();
         if disable_foreign && !foreign.is_empty() {

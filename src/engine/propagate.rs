@@ -110,10 +110,7 @@ impl KeyManagement {
             Distribution::new(&key.name, purposes, protection, OffsetDateTime::now_utc())
         });
         // Connecting checks the configuration; a refusal leaves nothing.
-        let client = self
-            .client(provider)
-            .await
-            .map_err(|e| e.context(&context))?;
+        let client = self.client_for(provider, &context).await?;
         let renamed = match record.versions.is_empty() {
             true => free_name(client.as_ref(), key, &mut record)
                 .await
@@ -364,10 +361,7 @@ impl KeyManagement {
                 key.name
             )));
         }
-        let client = self
-            .client(provider)
-            .await
-            .map_err(|e| e.context(&context))?;
+        let client = self.client_for(provider, &context).await?;
         // Recorded first: removal must look for replicas even if this
         // call fails half-way.
         if !record.replicated {
@@ -396,10 +390,7 @@ impl KeyManagement {
                 quote(&key.name),
                 quote(provider)
             );
-            let client = self
-                .client(provider)
-                .await
-                .map_err(|e| e.context(&context))?;
+            let client = self.client_for(provider, &context).await?;
             client
                 .remove(&record.target(key), &states, &unrecorded)
                 .await

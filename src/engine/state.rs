@@ -96,6 +96,16 @@ impl KeyManagement {
         Ok(client)
     }
 
+    /// The provider's client for an operation described by `context`,
+    /// which prefixes a failure to connect.
+    pub async fn client_for(
+        &self,
+        provider: &str,
+        context: &str,
+    ) -> Result<Arc<dyn KmsProvider>, Error> {
+        self.client(provider).await.map_err(|e| e.context(context))
+    }
+
     /// Forgets a provider's client after its configuration changed.
     pub async fn forget_client(&self, provider: &str) {
         self.clients.write().await.remove(provider);
