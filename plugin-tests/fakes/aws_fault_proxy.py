@@ -396,6 +396,7 @@ class _Upstream:
             self.close()
         if self._sock is None:
             self._sock = socket.create_connection(self._address, timeout=_UPSTREAM_TIMEOUT)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._server.track(self._sock, True)
             self._reader = self._sock.makefile("rb")
         assert self._reader is not None
@@ -455,6 +456,9 @@ class _Handler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.track(self.connection, True)
+        # No Nagle delay in either direction: it would add the peer's
+        # delayed ACK (40 ms) to calls that write in more than one piece.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.proxy._count_connection()
 
     def finish(self) -> None:

@@ -137,6 +137,9 @@ class Listener:
         self.latency = 0.0
         self._in_flight = 0
         self.max_in_flight = 0
+        # The same, per HTTP method: imports apart from the reads around them.
+        self._in_flight_by_method: dict[str, int] = {}
+        self.max_in_flight_by_method: dict[str, int] = {}
         self._count_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(_POLL_INTERVAL,), name=f"fake-{service}", daemon=True
@@ -162,9 +165,13 @@ class Listener:
 
     def serve(self, request: Request) -> Response | None:
         """Count the request in flight, wait `latency`, then serve it."""
+        method = request.method
         with self._count_lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            now = self._in_flight_by_method.get(method, 0) + 1
+            self._in_flight_by_method[method] = now
+            self.max_in_flight_by_method[method] = max(self.max_in_flight_by_method.get(method, 0), now)
         try:
             if self.latency:
                 time.sleep(self.latency)
@@ -172,10 +179,12 @@ class Listener:
         finally:
             with self._count_lock:
                 self._in_flight -= 1
+                self._in_flight_by_method[method] -= 1
 
     def reset_max_in_flight(self) -> None:
         with self._count_lock:
             self.max_in_flight = self._in_flight
+            self.max_in_flight_by_method = dict(self._in_flight_by_method)
 
     def _serve(self, request: Request) -> Response | None:
         """Apply any injected fault, then the handler; None means drop."""
@@ -237,6 +246,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.server.track(self.connection, True)
+        # Headers and body go out as two writes; with Nagle on, the body
+        # waits for the client's delayed ACK (40 ms on Linux) on every answer.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(self.connection, ssl.SSLSocket):
             try:
                 self.connection.do_handshake()
