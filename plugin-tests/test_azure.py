@@ -415,9 +415,13 @@ def test_versions_are_imported_in_parallel_and_the_latest_last(
         distribute(server, kms, key, "sign", "hsm")
     finally:
         fake.set_latency(0)
-    assert fake.max_in_flight() == 8, "bounded by KEYMGMT_IMPORT_CONCURRENCY's default"
+    assert fake.max_in_flight(method="PUT") == 8, "bounded by KEYMGMT_IMPORT_CONCURRENCY's default"
     name = distribution(server, kms, key)["name"]
-    lists = [r for r in vault_requests(fake) if r.method == "GET" and r.path == f"/keys/{name}/versions"]
+    # The SDK's first calls to a vault go unauthenticated and get the 401
+    # challenge; the listing may be one of them, as it runs with the check
+    # for a deleted key of the same name.
+    lists = [r for r in vault_requests(fake)
+             if r.method == "GET" and r.path == f"/keys/{name}/versions" and r.status != 401]
     assert len(lists) == 1, "versions are listed once per run"
     assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="hsm",
                         purposes={"sign"})
@@ -441,7 +445,7 @@ def test_without_the_list_permission_versions_go_one_at_a_time(
             distribute(server, kms, key, "sign", "software")
     finally:
         fake.set_latency(0)
-    assert fake.max_in_flight() == 1
+    assert fake.max_in_flight(method="PUT") == 1, "imports one at a time"
     assert_fake_matches(fake, server, kms, key, vault_public_keys(server, key), protection="software",
                         purposes={"sign"})
     assert any("may not list key versions" in srv.log_text() for srv in SERVERS)

@@ -808,9 +808,10 @@ class AzureKeyVaultFake:
         """Make every request to `service` wait `seconds` before it is served."""
         self._listeners[service].latency = seconds
 
-    def max_in_flight(self, service: str = "vault") -> int:
-        """The most requests to `service` served at once since the last reset."""
-        return self._listeners[service].max_in_flight
+    def max_in_flight(self, service: str = "vault", method: str | None = None) -> int:
+        """The most requests to `service` (of `method`, if given) served at once since the last reset."""
+        listener = self._listeners[service]
+        return listener.max_in_flight if method is None else listener.max_in_flight_by_method.get(method, 0)
 
     def reset_max_in_flight(self, service: str = "vault") -> None:
         self._listeners[service].reset_max_in_flight()

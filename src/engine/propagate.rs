@@ -72,6 +72,22 @@ async fn free_name(
     )))
 }
 
+/// The versions `record` lacks, oldest first: those imported together, and
+/// the latest, imported after them alone so that it is the newest.
+fn missing_versions(key: &Key, record: &Distribution) -> (Vec<u32>, Option<u32>) {
+    let mut missing: Vec<u32> = key
+        .versions
+        .keys()
+        .copied()
+        .filter(|n| !record.versions.contains_key(n))
+        .collect();
+    let latest = missing.last().copied().filter(|n| *n == key.latest_version);
+    if latest.is_some() {
+        missing.pop();
+    }
+    (missing, latest)
+}
+
 /// The desired state of every recorded version.
 pub(super) fn version_states<'a>(key: &'a Key, record: &'a Distribution) -> Vec<VersionState<'a>> {
     record
@@ -111,19 +127,50 @@ impl KeyManagement {
         });
         // Connecting checks the configuration; a refusal leaves nothing.
         let client = self.client_for(provider, &context).await?;
-        let renamed = match record.versions.is_empty() {
-            true => free_name(client.as_ref(), key, &mut record)
-                .await
-                .map_err(|e| Error::from(e).context(&context))?,
-            false => false,
+        let first_target = record.target(key);
+        let renamed_target;
+        let mut session = client.begin_import(&first_target);
+        // A new distribution checks its name and asks how many imports may
+        // run at once together: both only read, and each is a round trip.
+        let (renamed, mut concurrency) = match record.versions.is_empty() {
+            true => {
+                let batch = missing_versions(key, &record).0.len();
+                let (named, concurrency) = tokio::join!(
+                    free_name(client.as_ref(), key, &mut record),
+                    self.batch_concurrency(session.as_ref(), batch)
+                );
+                match named {
+                    Ok(renamed) => (renamed, Some(concurrency)),
+                    Err(e) => {
+                        session.finish().await;
+                        return Err(Error::from(e).context(&context));
+                    }
+                }
+            }
+            false => (false, None),
         };
-        if created || renamed {
-            self.distributions.put(provider, &key.name, &record).await?;
+        if renamed {
+            // The answer was about the old name.
+            concurrency = None;
+            session.finish().await;
+            renamed_target = record.target(key);
+            session = client.begin_import(&renamed_target);
         }
-        let target = record.target(key);
-        let session = client.begin_import(&target);
+        if (created || renamed)
+            && let Err(err) = self.distributions.put(provider, &key.name, &record).await
+        {
+            session.finish().await;
+            return Err(err);
+        }
         let imported = self
-            .import_missing(session.as_ref(), provider, key, &mut record, &context)
+            .import_missing(
+                session.as_ref(),
+                concurrency,
+                provider,
+                key,
+                &mut record,
+                &context,
+            )
             .await;
         let touched = session.touched();
         session.finish().await;
@@ -133,6 +180,7 @@ impl KeyManagement {
             }
             return Err(err);
         }
+        let target = record.target(key);
         let states = version_states(key, &record);
         if let Some(latest) = states.iter().find(|s| s.version == key.latest_version) {
             client.make_current(&target, latest).await.map_err(|e| {
@@ -151,53 +199,53 @@ impl KeyManagement {
         Ok(record)
     }
 
+    /// How many imports of a batch of `batch` may run at once; the session
+    /// is asked only where more than one could.
+    async fn batch_concurrency(
+        &self,
+        session: &dyn ImportSession,
+        batch: usize,
+    ) -> Result<usize, ProviderError> {
+        if batch > 1 && self.settings.import_concurrency > 1 {
+            Ok(session
+                .concurrency(batch)
+                .await?
+                .clamp(1, self.settings.import_concurrency))
+        } else {
+            Ok(1)
+        }
+    }
+
     /// Imports every version the record does not hold yet, recording each
     /// as soon as the provider has it. Up to `concurrency` imports run at
-    /// once; the latest version goes last and alone, so that it is the
-    /// newest in the provider. They are all marked started first, in one
-    /// write, so that a retry looks for whatever any of them left.
+    /// once (`probed`: the session's answer, if already asked); the latest
+    /// version goes last and alone, so that it is the newest in the
+    /// provider. They are all marked started first, in one write, so that a
+    /// retry looks for whatever any of them left.
     async fn import_missing(
         &self,
         session: &dyn ImportSession,
+        probed: Option<Result<usize, ProviderError>>,
         provider: &str,
         key: &Key,
         record: &mut Distribution,
         context: &str,
     ) -> Result<(), Error> {
-        let mut missing: Vec<u32> = key
-            .versions
-            .keys()
-            .copied()
-            .filter(|n| !record.versions.contains_key(n))
-            .collect();
-        if missing.is_empty() {
+        let (missing, latest) = missing_versions(key, record);
+        let all = || missing.iter().chain(&latest).copied();
+        if all().next().is_none() {
             return Ok(());
         }
-        let resumed: BTreeSet<u32> = missing
-            .iter()
-            .copied()
-            .filter(|n| record.started.contains(n))
-            .collect();
-        if resumed.len() < missing.len() {
-            record.started.extend(missing.iter().copied());
+        let resumed: BTreeSet<u32> = all().filter(|n| record.started.contains(n)).collect();
+        if resumed.len() < all().count() {
+            record.started.extend(all());
             self.distributions.put(provider, &key.name, record).await?;
         }
-        let latest = missing
-            .last()
-            .copied()
-            .filter(|n| *n == key.latest_version)
-            .inspect(|_| {
-                missing.pop();
-            });
-        let concurrency = if missing.len() > 1 && self.settings.import_concurrency > 1 {
-            session
-                .concurrency(missing.len())
-                .await
-                .map_err(|e| Error::from(e).context(context))?
-                .clamp(1, self.settings.import_concurrency)
-        } else {
-            1
-        };
+        let concurrency = match probed {
+            Some(probed) => probed,
+            None => self.batch_concurrency(session, missing.len()).await,
+        }
+        .map_err(|e| Error::from(e).context(context))?;
         let batch = Batch {
             session,
             provider,

@@ -869,6 +869,46 @@ async fn versions_are_imported_in_parallel_and_the_latest_last() {
 }
 
 #[tokio::test]
+async fn a_new_distribution_checks_its_name_and_the_concurrency_at_once() {
+    let h = parallel_harness(8, 10).await;
+    h.provider.state().probe_delay = std::time::Duration::from_millis(30);
+    h.ok("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    {
+        let state = h.provider.state();
+        assert_eq!(state.max_probes_in_flight, 2, "both asked together");
+        assert_eq!(state.concurrency_asked.len(), 1, "asked once");
+        assert_eq!(state.max_in_flight, 8);
+    }
+
+    // Renamed because a deleted key holds the name: asked again, about
+    // the new name, before any import.
+    let h = parallel_harness(8, 10).await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    {
+        let mut state = h.provider.state();
+        state.soft_delete = true;
+        state.removed = (now..now + 2).map(|s| format!("k-{s}")).collect();
+    }
+    h.ok("write", "kms/az/key/k", json!({"purpose": "sign"}))
+        .await;
+    let read = h.ok("read", "kms/az/key/k", Value::Null).await;
+    let name = read["name"].as_str().unwrap().to_owned();
+    let state = h.provider.state();
+    assert!(!state.removed.contains(&name), "{name}");
+    assert_eq!(
+        state.concurrency_asked.len(),
+        2,
+        "{:?}",
+        state.concurrency_asked
+    );
+    assert!(state.removed.contains(&state.concurrency_asked[0]));
+    assert_eq!(state.concurrency_asked[1], name);
+    assert_eq!(state.keys[&name].len(), 10);
+    assert_eq!(state.max_in_flight, 8);
+}
+
+#[tokio::test]
 async fn a_failure_in_a_parallel_batch_keeps_what_landed_and_resumes() {
     let h = parallel_harness(4, 12).await;
     // The sixth import fails; others are in flight then.

@@ -63,6 +63,12 @@ pub struct State {
     /// was set outside Vault (drift tests); otherwise the version of the
     /// last `make_current`.
     pub current_outside: BTreeMap<String, String>,
+    /// How long `name_available` and `concurrency` each take, unlocked.
+    pub probe_delay: Duration,
+    pub probes_in_flight: usize,
+    pub max_probes_in_flight: usize,
+    /// Provider key names `concurrency` was asked about.
+    pub concurrency_asked: Vec<String>,
 }
 
 impl State {
@@ -88,6 +94,18 @@ pub struct TestProvider {
 impl TestProvider {
     pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap()
+    }
+
+    /// A read-only round trip: waits `probe_delay`, counted in flight.
+    async fn probe(&self) {
+        let delay = {
+            let mut state = self.state();
+            state.probes_in_flight += 1;
+            state.max_probes_in_flight = state.max_probes_in_flight.max(state.probes_in_flight);
+            state.probe_delay
+        };
+        tokio::time::sleep(delay).await;
+        self.state().probes_in_flight -= 1;
     }
 }
 
@@ -181,7 +199,10 @@ impl ImportSession for Session {
     }
 
     async fn concurrency(&self, _versions: usize) -> Result<usize, ProviderError> {
-        Ok(self.provider.state().concurrency.max(1))
+        self.provider.probe().await;
+        let mut state = self.provider.state();
+        state.concurrency_asked.push(self.target.name.clone());
+        Ok(state.concurrency.max(1))
     }
 
     fn touched(&self) -> bool {
@@ -245,6 +266,7 @@ impl KmsProvider for TestProvider {
     }
 
     async fn name_available(&self, target: &Target) -> Result<bool, ProviderError> {
+        self.probe().await;
         let state = self.state();
         Ok(!(state.soft_delete && state.removed.contains(&target.name)))
     }
