@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.05, help="seconds every cloud call waits")
     parser.add_argument("--keys", type=int, default=3, help="one-version keys per provider and mode")
     parser.add_argument("--versions", type=int, default=50, help="versions of the many-version key")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="KEYMGMT_IMPORT_CONCURRENCY of the parallel mode (default: unset, the engine's 8)")
     parser.add_argument("--providers", default=",".join(PROVIDERS),
                         help=f"comma-separated subset of {','.join(PROVIDERS)} (default: all)")
     args = parser.parse_args()
@@ -74,7 +76,8 @@ def main() -> int:
         "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None,
         "AWS_SESSION_TOKEN": None, "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     }
-    modes = {"parallel": {}, "sequential": {"KEYMGMT_IMPORT_CONCURRENCY": "1"}}
+    parallel = {} if args.concurrency is None else {"KEYMGMT_IMPORT_CONCURRENCY": str(args.concurrency)}
+    modes = {"parallel": parallel, "sequential": {"KEYMGMT_IMPORT_CONCURRENCY": "1"}}
     servers = {mode: BaoServer(tmp / mode, env={**env, **extra}) for mode, extra in modes.items()}
     access_key = "".join(random.choice("0123456789") for _ in range(12))
     providers: dict[str, tuple[list[str], str, str]] = {
@@ -140,7 +143,8 @@ def main() -> int:
 
     print(f"Distribution of one {KEY_TYPE} key, every cloud call delayed {args.latency * 1000:.0f} ms; "
           f"1 version p50 of {args.keys} keys vs one {args.versions}-version key; "
-          f"parallel = default concurrency (8), sequential = KEYMGMT_IMPORT_CONCURRENCY=1 (same run)")
+          f"parallel = {'default concurrency (8)' if args.concurrency is None else f'KEYMGMT_IMPORT_CONCURRENCY={args.concurrency}'}, "
+          f"sequential = KEYMGMT_IMPORT_CONCURRENCY=1 (same run)")
     header = (f"{'provider':<18} {'mode':<10} {'1 version':>10} {f'{args.versions} versions':>13} "
               f"{'ratio':>7} {'vs sequential':>14}")
     print(header)
