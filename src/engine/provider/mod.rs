@@ -315,8 +315,10 @@ pub trait ImportSession: Send + Sync {
     /// where an interrupted import can be told apart from the others in
     /// flight (by a per-version tag or id), because a retry must find it
     /// instead of importing the version twice. Asked before a batch of
-    /// several imports; it may call the provider. The engine imports the
-    /// latest version after the batch, alone, so that it is the newest.
+    /// several imports; it may call the provider, but only to read: for a
+    /// new distribution it runs together with `name_available`. The engine
+    /// imports the latest version after the batch, alone, so that it is
+    /// the newest.
     async fn concurrency(&self, _versions: usize) -> Result<usize, ProviderError> {
         Ok(1)
     }
