@@ -416,6 +416,7 @@ def test_versions_are_imported_in_parallel_and_the_latest_last(
     finally:
         fake.set_latency(0)
     assert fake.max_in_flight(method="PUT") == 8, "bounded by KEYMGMT_IMPORT_CONCURRENCY's default"
+    assert fake.max_in_flight(method="GET") == 2, "the deleted-key check and the listing go together"
     name = distribution(server, kms, key)["name"]
     # The SDK's first calls to a vault go unauthenticated and get the 401
     # challenge; the listing may be one of them, as it runs with the check
